@@ -1,0 +1,258 @@
+"""The write side: claim due tenants, run fetch attempts, record what happened.
+
+Idempotency lives in the database. A tenant is claimed by a compare-and-swap
+on its `next_fetch_at`, so only one dispatcher wins it; an attempt is unique
+per (tenant, due time); a reading is unique per (attempt, metric), so a task
+that runs twice stores one reading; an attempt is closed by a conditional
+update, so its outcome is recorded on the tenant once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from scoreboard import defender
+from scoreboard.defender import DefenderError, ErrorKind
+from scoreboard.models import FetchAttempt, Metric, Reading
+from tenants.models import Tenant
+
+log = logging.getLogger(__name__)
+
+OPEN_STATUSES = (
+    FetchAttempt.Status.PENDING,
+    FetchAttempt.Status.RUNNING,
+    FetchAttempt.Status.RETRYING,
+)
+
+
+def _enqueue(attempt_id: int) -> None:
+    from scoreboard.tasks import fetch
+
+    fetch.delay(attempt_id)
+
+
+def _enqueue_on_commit(attempt_id: int) -> None:
+    # robust: a broker that refuses one message must not stop the dispatch of the
+    # others; the attempt stays pending and expires with a message saying why.
+    transaction.on_commit(lambda: _enqueue(attempt_id), robust=True)
+
+
+# --- Dispatch -------------------------------------------------------------------
+
+
+def due_tenants(*, now: datetime) -> list[tuple[int, datetime | None]]:
+    return list(
+        Tenant.objects.filter(enabled=True)
+        .filter(Q(next_fetch_at__isnull=True) | Q(next_fetch_at__lte=now))
+        .order_by("next_fetch_at", "pk")
+        .values_list("pk", "next_fetch_at")
+    )
+
+
+def claim(
+    *, tenant_id: int, seen_next_fetch_at: datetime | None, now: datetime, trigger: str
+) -> FetchAttempt | None:
+    """Claim one due tenant and create its attempt; None if another claimer won."""
+    with transaction.atomic():
+        tenant = Tenant.objects.filter(pk=tenant_id).only("fetch_interval_minutes").first()
+        if tenant is None:
+            return None
+        due = seen_next_fetch_at or now
+        claimed = Tenant.objects.filter(pk=tenant_id, enabled=True)
+        if seen_next_fetch_at is None:
+            claimed = claimed.filter(next_fetch_at__isnull=True)
+        else:
+            claimed = claimed.filter(next_fetch_at=seen_next_fetch_at)
+        if not claimed.update(next_fetch_at=tenant.next_due_after(due, now)):
+            return None
+        attempt, created = FetchAttempt.objects.get_or_create(
+            tenant_id=tenant_id, scheduled_for=due, defaults={"trigger": trigger}
+        )
+        if not created:
+            return None
+    return attempt
+
+
+def dispatch_due_fetches(*, now: datetime | None = None) -> int:
+    """Claim every due tenant, create its attempt, enqueue it. Returns how many."""
+    now = now or timezone.now()
+    expire_stale_attempts(now=now)
+    dispatched = 0
+    for tenant_id, seen in due_tenants(now=now):
+        with transaction.atomic():
+            attempt = claim(
+                tenant_id=tenant_id,
+                seen_next_fetch_at=seen,
+                now=now,
+                trigger=FetchAttempt.Trigger.SCHEDULE,
+            )
+            if attempt is not None:
+                _enqueue_on_commit(attempt.pk)
+                dispatched += 1
+    if dispatched:
+        log.info("dispatched %d fetch(es)", dispatched)
+    return dispatched
+
+
+def fetch_now(*, tenant: Tenant, trigger: str = FetchAttempt.Trigger.MANUAL) -> FetchAttempt:
+    """Create an attempt for right now, outside the schedule, and enqueue it."""
+    with transaction.atomic():
+        attempt = FetchAttempt.objects.create(
+            tenant=tenant, scheduled_for=timezone.now(), trigger=trigger
+        )
+        _enqueue_on_commit(attempt.pk)
+    return attempt
+
+
+def expire_stale_attempts(*, now: datetime) -> int:
+    """Close attempts that no worker picked up, so the tenant's health says why."""
+    cutoff = now - timedelta(minutes=settings.SCOREBOARD_ATTEMPT_EXPIRY_MINUTES)
+    stale = FetchAttempt.objects.filter(
+        status=FetchAttempt.Status.PENDING, created_at__lt=cutoff
+    ).select_related("tenant")
+    expired = 0
+    for attempt in stale:
+        error = DefenderError(
+            ErrorKind.TRANSIENT,
+            f"{attempt.tenant.name}: no worker started this fetch within "
+            f"{settings.SCOREBOARD_ATTEMPT_EXPIRY_MINUTES} minutes. Fix: check that a Celery "
+            "worker is running and can reach the broker (CELERY_BROKER_URL).",
+        )
+        if _finish_failed(attempt=attempt, error=error, now=now, duration_ms=None):
+            expired += 1
+    return expired
+
+
+# --- Running an attempt -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    attempt: FetchAttempt
+    reading: Reading | None = None
+    error: DefenderError | None = None
+    retry_in: float | None = None  # seconds; set when the attempt should be tried again
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def retry_delay(*, error: DefenderError, tries: int) -> float | None:
+    """Seconds to wait before the next try, or None when the attempt should fail now."""
+    if not error.retryable or tries >= settings.SCOREBOARD_FETCH_MAX_TRIES:
+        return None
+    if error.kind == ErrorKind.THROTTLED:
+        wait = error.retry_after if error.retry_after is not None else defender.DEFAULT_RETRY_AFTER
+        if wait > settings.SCOREBOARD_MAX_RETRY_AFTER:
+            return None
+        # Never sooner than asked; a little later spreads the tenants that were
+        # throttled together.
+        return wait + random.uniform(0, min(5.0, 0.1 * wait + 0.5))
+    base = settings.SCOREBOARD_RETRY_BASE_SECONDS * 2 ** (tries - 1)
+    return base * random.uniform(0.75, 1.25)
+
+
+def run_attempt(*, attempt_id: int) -> Outcome:
+    """One try of an attempt: read the score and record the reading or the error.
+
+    Safe to call again for the same attempt: a finished attempt is left alone,
+    and the database refuses a second reading.
+    """
+    attempt = FetchAttempt.objects.select_related("tenant").get(pk=attempt_id)
+    if attempt.is_finished:
+        return Outcome(attempt=attempt)
+    now = timezone.now()
+    FetchAttempt.objects.filter(pk=attempt.pk, status__in=OPEN_STATUSES).update(
+        status=FetchAttempt.Status.RUNNING,
+        tries=attempt.tries + 1,
+        started_at=attempt.started_at or now,
+    )
+    attempt.tries += 1
+    started = time.monotonic()
+    try:
+        score = defender.read_secure_score(defender.Credential.from_tenant(attempt.tenant))
+    except DefenderError as error:
+        duration_ms = int((time.monotonic() - started) * 1000)
+        delay = retry_delay(error=error, tries=attempt.tries)
+        if delay is not None:
+            _mark_retrying(attempt=attempt, error=error, duration_ms=duration_ms)
+            return Outcome(attempt=attempt, error=error, retry_in=delay)
+        _finish_failed(attempt=attempt, error=error, now=timezone.now(), duration_ms=duration_ms)
+        return Outcome(attempt=attempt, error=error)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    reading = _finish_ok(attempt=attempt, score=score, duration_ms=duration_ms)
+    return Outcome(attempt=attempt, reading=reading)
+
+
+def _mark_retrying(*, attempt: FetchAttempt, error: DefenderError, duration_ms: int) -> None:
+    FetchAttempt.objects.filter(pk=attempt.pk, status__in=OPEN_STATUSES).update(
+        status=FetchAttempt.Status.RETRYING,
+        error_kind=error.kind,
+        error=str(error),
+        http_status=error.http_status,
+        correlation_id=error.correlation_id,
+        duration_ms=duration_ms,
+    )
+    log.warning("attempt %s for tenant %s will be retried: %s", attempt.pk, attempt.tenant, error)
+
+
+def _finish_ok(*, attempt: FetchAttempt, score: defender.Score, duration_ms: int) -> Reading | None:
+    now = timezone.now()
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                reading = Reading.objects.create(
+                    tenant_id=attempt.tenant_id,
+                    metric=Metric.SECURE_SCORE,
+                    value=score.value,
+                    measured_at=score.measured_at,
+                    fetched_at=now,
+                    attempt=attempt,
+                )
+        except IntegrityError:
+            # A duplicate delivery of this attempt already stored its reading.
+            reading = None
+        closed = FetchAttempt.objects.filter(pk=attempt.pk, status__in=OPEN_STATUSES).update(
+            status=FetchAttempt.Status.OK,
+            error_kind="",
+            error="",
+            http_status=200,
+            correlation_id="",
+            duration_ms=duration_ms,
+            finished_at=now,
+        )
+        if closed:
+            attempt.tenant.record_success(value=score.value, measured_at=score.measured_at, at=now)
+    attempt.status = FetchAttempt.Status.OK
+    return reading
+
+
+def _finish_failed(
+    *, attempt: FetchAttempt, error: DefenderError, now: datetime, duration_ms: int | None
+) -> bool:
+    with transaction.atomic():
+        closed = FetchAttempt.objects.filter(pk=attempt.pk, status__in=OPEN_STATUSES).update(
+            status=FetchAttempt.Status.FAILED,
+            error_kind=error.kind,
+            error=str(error),
+            http_status=error.http_status,
+            correlation_id=error.correlation_id,
+            duration_ms=duration_ms,
+            finished_at=now,
+        )
+        if closed:
+            attempt.tenant.record_failure(kind=error.kind, message=str(error), at=now)
+    if closed:
+        attempt.status = FetchAttempt.Status.FAILED
+        log.warning("attempt %s for tenant %s failed: %s", attempt.pk, attempt.tenant, error)
+    return bool(closed)

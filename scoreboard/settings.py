@@ -1,0 +1,231 @@
+"""Scoreboard settings: every knob comes from the environment (or `.env`).
+
+The table of variables lives in README.md and `.env.example`; keep all three in step.
+"""
+
+from pathlib import Path
+
+import environ
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Runtime files: the SQLite database, the filesystem broker, beat's state.
+VAR_DIR = Path(env.str("SCOREBOARD_VAR_DIR", default=str(BASE_DIR / "var")))
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# A placeholder key is refused outside DEBUG: sessions and password reset tokens
+# are signed with it.
+_PLACEHOLDER_SECRET_KEYS = {"", "change-me", "changeme", "insecure", "secret"}
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if SECRET_KEY.strip().lower() in _PLACEHOLDER_SECRET_KEYS or len(SECRET_KEY) < 32:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is missing or a placeholder (it must be at least 32 random characters). "
+            "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))' "
+            "and put SECRET_KEY=<it> in the environment or in .env."
+        )
+    SECRET_KEY = SECRET_KEY or "insecure-development-key-only-for-debug-mode-0123456789"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+
+def _encryption_keys(raw: str) -> list[str]:
+    keys = [key.strip() for key in raw.split(",") if key.strip()]
+    if not keys:
+        raise ImproperlyConfigured(
+            "SCOREBOARD_ENCRYPTION_KEYS is not set. Tenant secrets are encrypted with it. "
+            "Generate a key with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())' and set SCOREBOARD_ENCRYPTION_KEYS=<key> "
+            "(comma-separated, newest first, when rotating). Keep it safe: without it the "
+            "stored secrets cannot be read."
+        )
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"SCOREBOARD_ENCRYPTION_KEYS: key number {position} is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes, 44 characters). Generate one with: "
+                "python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'"
+            ) from None
+    return keys
+
+
+SCOREBOARD_ENCRYPTION_KEYS = _encryption_keys(env.str("SCOREBOARD_ENCRYPTION_KEYS", default=""))
+
+# Outbound TLS: an extra CA file trusted on top of the public ones (TLS-inspecting
+# proxies, the simulator's self-signed certificate).
+SCOREBOARD_CA_BUNDLE = env.str("SCOREBOARD_CA_BUNDLE", default="")
+# The simulator cloud exists only when the operator sets this.
+SCOREBOARD_SIMULATOR_URL = env.str("SCOREBOARD_SIMULATOR_URL", default="").rstrip("/")
+if SCOREBOARD_SIMULATOR_URL and not SCOREBOARD_SIMULATOR_URL.startswith("https://"):
+    raise ImproperlyConfigured(
+        f"SCOREBOARD_SIMULATOR_URL={SCOREBOARD_SIMULATOR_URL!r} must start with https:// "
+        "(the sign-in library refuses plain HTTP)."
+    )
+
+# Fetch behaviour.
+SCOREBOARD_HTTP_CONNECT_TIMEOUT = env.float("SCOREBOARD_HTTP_CONNECT_TIMEOUT", default=5.0)
+SCOREBOARD_HTTP_READ_TIMEOUT = env.float("SCOREBOARD_HTTP_READ_TIMEOUT", default=20.0)
+SCOREBOARD_FETCH_MAX_TRIES = env.int("SCOREBOARD_FETCH_MAX_TRIES", default=4)
+SCOREBOARD_MAX_RETRY_AFTER = env.int("SCOREBOARD_MAX_RETRY_AFTER", default=600)
+SCOREBOARD_RETRY_BASE_SECONDS = env.float("SCOREBOARD_RETRY_BASE_SECONDS", default=30.0)
+# An attempt no worker has started after this long is closed as failed.
+SCOREBOARD_ATTEMPT_EXPIRY_MINUTES = env.int("SCOREBOARD_ATTEMPT_EXPIRY_MINUTES", default=60)
+if SCOREBOARD_FETCH_MAX_TRIES < 1:
+    raise ImproperlyConfigured("SCOREBOARD_FETCH_MAX_TRIES must be 1 or more.")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "tenants",
+    "scoreboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "scoreboard.urls"
+WSGI_APPLICATION = "scoreboard.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'scoreboard.sqlite3'}")
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web, the worker and beat share one file: WAL lets readers run beside a
+    # writer, and IMMEDIATE transactions take the write lock up front, so
+    # writers queue on the busy timeout instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    )
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "/admin/"
+
+# HTTPS hardening is opt-in because `make run` serves plain HTTP on localhost.
+SCOREBOARD_HTTPS = env.bool("SCOREBOARD_HTTPS", default=False)
+SESSION_COOKIE_SECURE = SCOREBOARD_HTTPS
+CSRF_COOKIE_SECURE = SCOREBOARD_HTTPS
+SECURE_SSL_REDIRECT = SCOREBOARD_HTTPS
+SECURE_HSTS_SECONDS = 31536000 if SCOREBOARD_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SCOREBOARD_HTTPS
+SECURE_HSTS_PRELOAD = SCOREBOARD_HTTPS
+if env.bool("SCOREBOARD_BEHIND_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Celery. The default broker is kombu's filesystem transport under var/broker/,
+# so the demo needs nothing but Python; production points this at Redis.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+BROKER_DIR = VAR_DIR / "broker"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Longer than the longest retry countdown, so a delayed retry is not
+    # redelivered to a second worker while the first still holds it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Fetch tasks are idempotent (one reading per attempt, enforced by the database),
+# so a task lost with its worker may safely run again.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = 120
+CELERY_TASK_TIME_LIMIT = 180
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+SCOREBOARD_DISPATCH_INTERVAL_SECONDS = env.float(
+    "SCOREBOARD_DISPATCH_INTERVAL_SECONDS", default=60.0
+)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # msal logs request details at DEBUG; keep it quiet whatever LOG_LEVEL says.
+        "msal": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+    },
+}

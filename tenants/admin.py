@@ -1,0 +1,180 @@
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html
+
+from scoreboard import defender, fetching
+from tenants import clouds
+from tenants.models import Tenant
+
+GUID_ERROR = "Enter a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47 (Entra ID shows it)."
+TEST_CONNECTION_LIMIT = 10
+
+
+class TenantForm(forms.ModelForm):
+    # A password input that never renders a value: the stored secret cannot be
+    # read back from the page, and leaving it blank keeps it.
+    client_secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The client secret's Value from the app registration. Stored encrypted and "
+        "never shown again; leave blank to keep the stored one.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = [
+            "name",
+            "slug",
+            "enabled",
+            "tenant_id",
+            "client_id",
+            "client_secret",
+            "cloud",
+            "api_region",
+            "fetch_interval_minutes",
+        ]
+        error_messages = {
+            "tenant_id": {"invalid": GUID_ERROR},
+            "client_id": {"invalid": GUID_ERROR},
+        }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial.pop("client_secret", None)
+        cloud_field = self.fields["cloud"]
+        choices = clouds.available_choices()
+        if self.instance.pk and self.instance.cloud not in dict(choices):
+            # Keep a row's current value visible even when its cloud was switched off.
+            choices = choices + [c for c in clouds.CLOUD_CHOICES if c[0] == self.instance.cloud]
+        cloud_field.choices = choices
+        if self.instance.pk and self.instance.client_secret:
+            self.fields["client_secret"].help_text = (
+                "A secret is stored (encrypted). Leave blank to keep it, or paste a new Value "
+                "to replace it."
+            )
+
+    def clean_client_secret(self):
+        new = self.cleaned_data.get("client_secret", "")
+        if new:
+            return new
+        if self.instance.pk and self.instance.client_secret:
+            return self.instance.client_secret  # the SealedSecret: stored value unchanged
+        raise forms.ValidationError(
+            "Paste the client secret's Value from the app registration (Certificates & secrets)."
+        )
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    form = TenantForm
+    list_display = ["name", "cloud", "enabled", "score", "last_success", "health"]
+    list_filter = ["enabled", "cloud", "last_error_kind"]
+    search_fields = ["name", "slug", "tenant_id", "client_id"]
+    prepopulated_fields = {"slug": ["name"]}
+    actions = ["test_connection", "fetch_now"]
+    readonly_fields = [
+        "next_fetch_at",
+        "last_score",
+        "last_measured_at",
+        "last_success_at",
+        "last_error_at",
+        "last_error_kind",
+        "last_error",
+        "consecutive_failures",
+        "failing_since",
+    ]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "enabled"]}),
+        (
+            "Credential (app registration)",
+            {"fields": ["tenant_id", "client_id", "client_secret", "cloud", "api_region"]},
+        ),
+        ("Schedule", {"fields": ["fetch_interval_minutes", "next_fetch_at"]}),
+        (
+            "Health",
+            {
+                "fields": [
+                    "last_score",
+                    "last_measured_at",
+                    "last_success_at",
+                    "consecutive_failures",
+                    "failing_since",
+                    "last_error_at",
+                    "last_error_kind",
+                    "last_error",
+                ]
+            },
+        ),
+    ]
+
+    @admin.display(description="Last score", ordering="last_score")
+    def score(self, tenant: Tenant) -> str:
+        return "—" if tenant.last_score is None else f"{tenant.last_score:g}"
+
+    @admin.display(description="Last success", ordering="last_success_at")
+    def last_success(self, tenant: Tenant) -> str:
+        if tenant.last_success_at is None:
+            return "never"
+        return timezone.localtime(tenant.last_success_at).strftime("%Y-%m-%d %H:%M UTC")
+
+    @admin.display(description="Health", ordering="consecutive_failures")
+    def health(self, tenant: Tenant) -> str:
+        if not tenant.enabled:
+            return format_html('<span class="health health-off">disabled</span>')
+        if tenant.is_failing:
+            since = timezone.localtime(tenant.failing_since).strftime("%Y-%m-%d %H:%M UTC")
+            kind = defender.ErrorKind(tenant.last_error_kind).label
+            return format_html(
+                '<span class="health health-failing" title="{}">failing since {}: {} '
+                "({} in a row)</span>",
+                tenant.last_error,
+                since,
+                kind,
+                tenant.consecutive_failures,
+            )
+        if tenant.last_success_at is None:
+            return format_html('<span class="health">waiting for first fetch</span>')
+        return format_html('<span class="health health-ok">ok</span>')
+
+    @admin.action(description="Test connection (sign in and read the score now, store nothing)")
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        if queryset.count() > TEST_CONNECTION_LIMIT:
+            self.message_user(
+                request,
+                f"Test at most {TEST_CONNECTION_LIMIT} tenants at a time: each test waits "
+                "for Microsoft's answer.",
+                messages.WARNING,
+            )
+            return
+        for tenant in queryset:
+            try:
+                score = defender.check_connection(tenant)
+            except defender.DefenderError as error:
+                self.message_user(
+                    request, f"{error.kind.label.capitalize()}: {error}", messages.ERROR
+                )
+            else:
+                measured = score.measured_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+                self.message_user(
+                    request,
+                    f"{tenant.name}: connection works. Secure score {score.value:g} "
+                    f"(measured {measured}). Nothing was stored.",
+                    messages.SUCCESS,
+                )
+
+    @admin.action(description="Fetch now (queue a fetch and store the reading)")
+    def fetch_now(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        count = 0
+        for tenant in queryset:
+            fetching.fetch_now(tenant=tenant)
+            count += 1
+        self.message_user(
+            request,
+            f"Queued a fetch for {count} tenant(s). The result appears under Health once a "
+            "worker has run it.",
+            messages.SUCCESS,
+        )

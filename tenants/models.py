@@ -1,0 +1,146 @@
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from tenants import clouds
+from tenants.crypto import EncryptedTextField
+
+
+class Tenant(models.Model):
+    """A Defender for Endpoint tenant and the app credential used to read it."""
+
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(
+        max_length=80, unique=True, help_text="The tenant's address in Scoreboard's pages."
+    )
+    tenant_id = models.UUIDField(
+        "Tenant ID",
+        help_text="Directory (tenant) ID from Entra ID > Overview, a GUID.",
+    )
+    client_id = models.UUIDField(
+        "Client ID",
+        help_text="Application (client) ID of the app registration, a GUID.",
+    )
+    client_secret = EncryptedTextField(
+        blank=True, help_text="Stored encrypted; never shown again once saved."
+    )
+    cloud = models.CharField(max_length=20, choices=clouds.CLOUD_CHOICES, default="commercial")
+    api_region = models.CharField(
+        "API region",
+        max_length=8,
+        choices=clouds.REGION_CHOICES,
+        blank=True,
+        default="",
+        help_text="Commercial cloud only: a regional API host keeps calls in that geography.",
+    )
+    enabled = models.BooleanField(default=True)
+    fetch_interval_minutes = models.PositiveIntegerField(
+        default=60,
+        validators=[MinValueValidator(5), MaxValueValidator(7 * 24 * 60)],
+        help_text="How often the score is read: 5 minutes to 7 days.",
+    )
+    next_fetch_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    # Health, written by scoreboard.fetching after every finished attempt.
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_error_kind = models.CharField(max_length=20, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    # The newest reading, kept here so lists of tenants need no join over readings.
+    last_score = models.FloatField(null=True, blank=True)
+    last_measured_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant_id", "client_id"], name="tenant_unique_credential"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        if self.api_region and self.cloud != "commercial":
+            errors["api_region"] = "Regional API hosts exist only in the commercial cloud."
+        if self.cloud == clouds.SIMULATOR and not clouds.simulator_enabled():
+            errors["cloud"] = (
+                "The simulator cloud is available only when SCOREBOARD_SIMULATOR_URL is set."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def is_failing(self) -> bool:
+        return self.consecutive_failures > 0
+
+    def is_due(self, now: datetime | None = None) -> bool:
+        now = now or timezone.now()
+        return self.enabled and (self.next_fetch_at is None or self.next_fetch_at <= now)
+
+    def next_due_after(self, due: datetime, now: datetime) -> datetime:
+        """The first slot after `now` on this tenant's grid, which starts at `due`.
+
+        Staying on the grid keeps readings evenly spaced; skipping the slots
+        missed during downtime means one catch-up fetch, not a burst.
+        """
+        interval = timedelta(minutes=self.fetch_interval_minutes)
+        if due > now:
+            return due
+        missed = (now - due) // interval
+        return due + (missed + 1) * interval
+
+    def health_label(self) -> str:
+        if not self.enabled:
+            return "disabled"
+        if self.is_failing:
+            return f"failing: {self.last_error_kind}"
+        if self.last_success_at is None:
+            return "waiting for first fetch"
+        return "ok"
+
+    def record_success(self, *, value: float, measured_at: datetime, at: datetime) -> None:
+        """Store the outcome of a successful attempt on this row (only newer readings)."""
+        updates = {
+            "last_success_at": at,
+            "consecutive_failures": 0,
+            "failing_since": None,
+            "last_error_kind": "",
+            "last_error": "",
+        }
+        Tenant.objects.filter(pk=self.pk).update(**updates)
+        # A late retry must not replace a newer score with an older one.
+        Tenant.objects.filter(pk=self.pk).filter(
+            models.Q(last_measured_at__isnull=True) | models.Q(last_measured_at__lte=measured_at)
+        ).update(last_score=value, last_measured_at=measured_at)
+        for field, new in updates.items():
+            setattr(self, field, new)
+
+    def record_failure(self, *, kind: str, message: str, at: datetime) -> None:
+        """Store the outcome of a failed attempt on this row."""
+        Tenant.objects.filter(pk=self.pk).update(
+            last_error_at=at,
+            last_error_kind=kind,
+            last_error=message,
+            consecutive_failures=models.F("consecutive_failures") + 1,
+        )
+        Tenant.objects.filter(pk=self.pk, failing_since__isnull=True).update(failing_since=at)
+        self.refresh_from_db(
+            fields=[
+                "last_error_at",
+                "last_error_kind",
+                "last_error",
+                "consecutive_failures",
+                "failing_since",
+            ]
+        )

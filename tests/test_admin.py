@@ -1,0 +1,187 @@
+"""The tenant admin: what an admin sees, and what it stores."""
+
+import logging
+import uuid
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.urls import reverse
+from scoreboard.simulator import DEFAULT_CLIENT_SECRET
+
+from scoreboard.models import FetchAttempt, Reading
+from tenants.models import Tenant
+from tests.conftest import PLANTED_SECRET
+
+ADD_URL = reverse("admin:tenants_tenant_add")
+LIST_URL = reverse("admin:tenants_tenant_changelist")
+
+
+def change_url(tenant: Tenant) -> str:
+    return reverse("admin:tenants_tenant_change", args=[tenant.pk])
+
+
+def form_data(**overrides) -> dict:
+    data = {
+        "name": "Adatum",
+        "slug": "adatum",
+        "enabled": "on",
+        "tenant_id": str(uuid.uuid4()),
+        "client_id": str(uuid.uuid4()),
+        "client_secret": PLANTED_SECRET,
+        "cloud": "commercial",
+        "api_region": "",
+        "fetch_interval_minutes": "60",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_adding_a_tenant_stores_the_secret_encrypted(staff_client):
+    response = staff_client.post(ADD_URL, form_data())
+    assert response.status_code == 302, response.content.decode()[:2000]
+    tenant = Tenant.objects.get(slug="adatum")
+    assert tenant.client_secret.reveal() == PLANTED_SECRET
+    raw = Tenant.objects.filter(pk=tenant.pk).values_list("client_secret", flat=True)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT client_secret FROM tenants_tenant WHERE id = %s", [tenant.pk])
+        stored = cursor.fetchone()[0]
+    assert PLANTED_SECRET not in stored
+    assert stored.startswith("gAAAAA")  # a Fernet token
+    assert raw  # the field loads without decrypting
+
+
+def test_the_secret_never_appears_in_admin_pages(staff_client, caplog):
+    caplog.set_level(logging.DEBUG)
+    staff_client.post(ADD_URL, form_data())
+    tenant = Tenant.objects.get(slug="adatum")
+    pages = [
+        LIST_URL,
+        change_url(tenant),
+        reverse("admin:tenants_tenant_history", args=[tenant.pk]),
+        reverse("admin:tenants_tenant_delete", args=[tenant.pk]),
+    ]
+    for url in pages:
+        html = staff_client.get(url).content.decode()
+        assert PLANTED_SECRET not in html, url
+        assert tenant.client_secret.ciphertext not in html, url
+    assert PLANTED_SECRET not in caplog.text
+    for entry in LogEntry.objects.all():
+        assert PLANTED_SECRET not in entry.change_message
+
+
+def test_leaving_the_secret_blank_keeps_it(staff_client):
+    staff_client.post(ADD_URL, form_data())
+    tenant = Tenant.objects.get(slug="adatum")
+    before = tenant.client_secret.ciphertext
+    response = staff_client.post(
+        change_url(tenant), form_data(client_secret="", name="Adatum Corp", **_ids(tenant))
+    )
+    assert response.status_code == 302
+    tenant.refresh_from_db()
+    assert tenant.name == "Adatum Corp"
+    assert tenant.client_secret.ciphertext == before
+    assert tenant.client_secret.reveal() == PLANTED_SECRET
+
+
+def test_a_new_secret_replaces_the_old(staff_client):
+    staff_client.post(ADD_URL, form_data())
+    tenant = Tenant.objects.get(slug="adatum")
+    staff_client.post(change_url(tenant), form_data(client_secret="brand-new", **_ids(tenant)))
+    tenant.refresh_from_db()
+    assert tenant.client_secret.reveal() == "brand-new"
+
+
+def _ids(tenant: Tenant) -> dict:
+    return {"tenant_id": str(tenant.tenant_id), "client_id": str(tenant.client_id)}
+
+
+def test_a_new_tenant_needs_a_secret(staff_client):
+    response = staff_client.post(ADD_URL, form_data(client_secret=""))
+    assert response.status_code == 200
+    assert "Paste the client secret" in response.content.decode()
+    assert not Tenant.objects.exists()
+
+
+@pytest.mark.parametrize("field", ["tenant_id", "client_id"])
+def test_ids_must_be_guids(staff_client, field):
+    response = staff_client.post(ADD_URL, form_data(**{field: "contoso.onmicrosoft.com"}))
+    assert response.status_code == 200
+    assert "Enter a GUID such as" in response.content.decode()
+    assert not Tenant.objects.exists()
+
+
+def test_regions_exist_only_in_the_commercial_cloud(staff_client):
+    response = staff_client.post(ADD_URL, form_data(cloud="gcc_high", api_region="eu"))
+    assert response.status_code == 200
+    assert "Regional API hosts exist only in the commercial cloud" in response.content.decode()
+
+
+def test_simulator_cloud_is_offered_only_when_configured(staff_client, settings):
+    settings.SCOREBOARD_SIMULATOR_URL = ""
+    assert 'value="simulator"' not in staff_client.get(ADD_URL).content.decode()
+    response = staff_client.post(ADD_URL, form_data(cloud="simulator"))
+    assert response.status_code == 200
+    assert not Tenant.objects.exists()
+    settings.SCOREBOARD_SIMULATOR_URL = "https://127.0.0.1:8443"
+    assert 'value="simulator"' in staff_client.get(ADD_URL).content.decode()
+
+
+def test_list_shows_score_and_health(staff_client, make_tenant, sim):
+    healthy = make_tenant(name="Healthy Co", last_score=612.5)
+    healthy.record_success(value=612.5, measured_at=_now(), at=_now())
+    failing = make_tenant(name="Broken Co")
+    failing.record_failure(
+        kind="auth", message="Broken Co: the client secret is invalid.", at=_now()
+    )
+    html = staff_client.get(LIST_URL).content.decode()
+    assert "612.5" in html
+    assert "ok" in html
+    assert "failing since" in html
+    assert "sign-in rejected" in html
+
+
+def _now():
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def test_test_connection_shows_the_score_and_stores_nothing(staff_client, make_tenant, sim):
+    tenant = make_tenant(name="Probe Co")
+    response = staff_client.post(
+        LIST_URL, {"action": "test_connection", "_selected_action": [tenant.pk]}, follow=True
+    )
+    html = response.content.decode()
+    assert "Probe Co: connection works. Secure score" in html
+    assert not Reading.objects.exists()
+    assert not FetchAttempt.objects.exists()
+    tenant.refresh_from_db()
+    assert tenant.last_success_at is None
+
+
+def test_test_connection_shows_the_classified_error(staff_client, make_tenant, sim):
+    tenant = make_tenant(name="Wrong Secret Co", client_secret=PLANTED_SECRET)
+    response = staff_client.post(
+        LIST_URL, {"action": "test_connection", "_selected_action": [tenant.pk]}, follow=True
+    )
+    html = response.content.decode()
+    assert "Sign-in rejected: Wrong Secret Co: the client secret is invalid." in html
+    assert PLANTED_SECRET not in html
+    tenant.refresh_from_db()
+    assert tenant.consecutive_failures == 0  # a test stores nothing
+
+
+def test_fetch_now_queues_an_attempt_that_stores_a_reading(
+    staff_client, make_tenant, sim, django_capture_on_commit_callbacks
+):
+    tenant = make_tenant(client_secret=DEFAULT_CLIENT_SECRET)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(
+            LIST_URL, {"action": "fetch_now", "_selected_action": [tenant.pk]}, follow=True
+        )
+    assert "Queued a fetch for 1 tenant(s)" in response.content.decode()
+    attempt = FetchAttempt.objects.get(tenant=tenant)
+    assert (attempt.trigger, attempt.status) == ("manual", "ok")
+    assert Reading.objects.get(tenant=tenant).attempt == attempt
