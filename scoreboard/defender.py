@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import certifi
 import msal
 import requests
+import urllib3
 from django.conf import settings
 from django.db import models
 
@@ -366,7 +367,9 @@ def _get(credential: Credential, url: str, token: str) -> _Answer:
             stream=True,
         ) as response:
             body = bytearray()
-            for chunk in response.iter_content(chunk_size=8192):
+            # read1 returns whatever has arrived, so the deadline is checked
+            # between bytes of a trickle rather than after a full buffer.
+            while chunk := response.raw.read1(8192):
                 body.extend(chunk)
                 if len(body) > MAX_BODY_BYTES:
                     raise DefenderError(
@@ -385,6 +388,10 @@ def _get(credential: Credential, url: str, token: str) -> _Answer:
             return _Answer(response.status_code, dict(response.headers), bytes(body))
     except requests.RequestException as exc:
         raise _network_error(credential, "the Defender API", exc) from None
+    except urllib3.exceptions.ReadTimeoutError:
+        raise _network_error(credential, "the Defender API", requests.Timeout()) from None
+    except urllib3.exceptions.HTTPError:
+        raise _network_error(credential, "the Defender API", requests.ConnectionError()) from None
 
 
 def read_secure_score(credential: Credential) -> Score:

@@ -1,8 +1,13 @@
 """Thin Celery tasks: take ids, call scoreboard.fetching."""
 
+import logging
+
 from celery import shared_task
 
 from scoreboard import fetching
+from scoreboard.models import FetchAttempt
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="scoreboard.tasks.dispatch_due_fetches")
@@ -14,7 +19,11 @@ def dispatch_due_fetches() -> int:
 def fetch(self, attempt_id: int) -> str:
     # The number of tries is bounded by the attempt row (SCOREBOARD_FETCH_MAX_TRIES),
     # not by Celery, so a redelivered task cannot reset the count.
-    outcome = fetching.run_attempt(attempt_id=attempt_id)
+    try:
+        outcome = fetching.run_attempt(attempt_id=attempt_id)
+    except FetchAttempt.DoesNotExist:
+        log.warning("fetch attempt %s no longer exists (tenant deleted?); skipped", attempt_id)
+        return "missing"
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
     return outcome.attempt.status

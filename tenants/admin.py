@@ -124,7 +124,7 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="Health", ordering="consecutive_failures")
     def health(self, tenant: Tenant) -> str:
         if not tenant.enabled:
-            return format_html('<span class="health health-off">disabled</span>')
+            return format_html('<span class="health health-off">{}</span>', "disabled")
         if tenant.is_failing:
             since = timezone.localtime(tenant.failing_since).strftime("%Y-%m-%d %H:%M UTC")
             kind = defender.ErrorKind(tenant.last_error_kind).label
@@ -137,8 +137,8 @@ class TenantAdmin(admin.ModelAdmin):
                 tenant.consecutive_failures,
             )
         if tenant.last_success_at is None:
-            return format_html('<span class="health">waiting for first fetch</span>')
-        return format_html('<span class="health health-ok">ok</span>')
+            return format_html('<span class="health">{}</span>', "waiting for first fetch")
+        return format_html('<span class="health health-ok">{}</span>', "ok")
 
     @admin.action(description="Test connection (sign in and read the score now, store nothing)")
     def test_connection(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:

@@ -40,6 +40,8 @@ class SealedSecret:
         self.ciphertext = ciphertext
 
     def reveal(self) -> str:
+        if not self.ciphertext:
+            return ""
         try:
             return fernet().decrypt(self.ciphertext.encode()).decode()
         except InvalidToken:

@@ -19,7 +19,9 @@ def test_a_sealed_secret_prints_as_a_mask(make_tenant):
     assert tenant.client_secret.reveal() == "s3cr3t-value"
 
 
-def test_a_wrong_key_raises_a_clear_error_instead_of_returning_ciphertext(make_tenant, settings):
+def test_a_wrong_key_raises_a_clear_error_instead_of_returning_ciphertext(
+    make_tenant, settings, sim
+):
     tenant = make_tenant(client_secret="s3cr3t-value")
     settings.SCOREBOARD_ENCRYPTION_KEYS = [OTHER_KEY]
     tenant = Tenant.objects.get(pk=tenant.pk)  # loading never decrypts, so this works
@@ -43,7 +45,7 @@ def test_the_old_key_after_a_new_one_still_decrypts_and_rotates(make_tenant, set
     assert Tenant.objects.get(pk=tenant.pk).client_secret.reveal() == "s3cr3t-value"
 
 
-def test_a_missing_secret_is_a_config_error(make_tenant):
+def test_a_missing_secret_is_a_config_error(make_tenant, sim):
     tenant = make_tenant(client_secret="")
     with pytest.raises(DefenderError, match="no client secret is stored"):
         Credential.from_tenant(Tenant.objects.get(pk=tenant.pk))
