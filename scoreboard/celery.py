@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.signals import beat_init
 from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scoreboard.settings")
@@ -28,3 +29,10 @@ def _schedule_dispatcher(sender: Celery, **kwargs) -> None:
         path = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(folder)
         if path:
             os.makedirs(path, exist_ok=True)
+
+
+@beat_init.connect
+def _dispatch_at_start(sender, **kwargs) -> None:
+    # Beat's first interval would otherwise pass before anything is fetched; the
+    # compare-and-swap claim makes an extra dispatch harmless.
+    app.send_task("scoreboard.tasks.dispatch_due_fetches")

@@ -138,6 +138,7 @@ def expire_stale_attempts(*, now: datetime) -> int:
 @dataclass(frozen=True)
 class Outcome:
     attempt: FetchAttempt
+    score: defender.Score | None = None
     reading: Reading | None = None
     error: DefenderError | None = None
     retry_in: float | None = None  # seconds; set when the attempt should be tried again
@@ -191,7 +192,7 @@ def run_attempt(*, attempt_id: int) -> Outcome:
         return Outcome(attempt=attempt, error=error)
     duration_ms = int((time.monotonic() - started) * 1000)
     reading = _finish_ok(attempt=attempt, score=score, duration_ms=duration_ms)
-    return Outcome(attempt=attempt, reading=reading)
+    return Outcome(attempt=attempt, score=score, reading=reading)
 
 
 def _mark_retrying(*, attempt: FetchAttempt, error: DefenderError, duration_ms: int) -> None:

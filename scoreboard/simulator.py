@@ -26,6 +26,7 @@ import os
 import random
 import re
 import secrets
+import selectors
 import socket
 import socketserver
 import ssl
@@ -812,7 +813,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _reset_connection(self) -> None:
         """Drop the connection without a word: linger 0 makes close() send a TCP RST."""
-        self._note = (self._note + " reset").strip()
+        if self._note != FaultKind.RESET:
+            self._note = f"{self._note} cut off".strip()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -1168,6 +1170,9 @@ class _TLSServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     request_queue_size = 64
+    # handle_request() is only called once the listener is readable; should the connection
+    # vanish before accept(), this bounds its wait instead of hanging the accept loop.
+    timeout = 0.5
 
     def __init__(
         self,
@@ -1191,6 +1196,10 @@ class _TLSServer(http.server.ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(_HANDSHAKE_TIMEOUT)
+        # Headers and body go out as separate TLS records; without NODELAY, Nagle plus the
+        # client's delayed ACK holds every answer back by ~40 ms (and trickle bytes too).
+        with contextlib.suppress(OSError):
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             connection = self.ssl_context.wrap_socket(request, server_side=True)
         except (OSError, ValueError) as exc:
@@ -1270,7 +1279,8 @@ class Simulator:
         self._stats: dict[str, _TenantStats] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._serving = False
+        self._loop_thread: threading.Thread | None = None
+        self._loop_done = threading.Event()
         self._closed = False
         self._close_lock = threading.Lock()
         self._server = _TLSServer(
@@ -1279,6 +1289,8 @@ class Simulator:
             _server_context(self.cert_path, self.key_path),
             self,
         )
+        # stop() writes a byte here to wake the accept loop at once.
+        self._wake_reader, self._wake_writer = socket.socketpair()
 
     # -- address --
 
@@ -1298,46 +1310,61 @@ class Simulator:
 
     def start(self) -> Simulator:
         """Serve in a background daemon thread; returns self."""
-        if self._thread is None:
-            self._serving = True
+        if self._thread is None and not self._closed:
             self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.1},
-                name=f"defender-simulator-{self.port}",
-                daemon=True,
+                target=self._serve_loop, name=f"defender-simulator-{self.port}", daemon=True
             )
             self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        """Serve in this thread until stop() from another thread, or Ctrl+C."""
-        self._serving = True
+        """Serve in this thread until stop() (from any thread or a signal handler) or Ctrl+C."""
         try:
-            self._server.serve_forever(poll_interval=0.1)
+            self._serve_loop()
         except KeyboardInterrupt:
             pass
         finally:
-            self._serving = False
             self._close()
 
     def stop(self) -> None:
         """Stop serving and cut open connections; returns promptly even mid-fault."""
-        self._stopping.set()
-        if self._serving:
-            self._server.shutdown()  # waits for the accept loop only, not for handlers
-            self._serving = False
+        self._stopping.set()  # also wakes handlers sleeping in slow/trickle faults
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+        if self._loop_thread is threading.current_thread():
+            return  # a signal handler inside serve_forever(): the loop closes up as it exits
+        if self._loop_thread is not None:
+            self._loop_done.wait(2)
         self._close()
 
+    def _serve_loop(self) -> None:
+        """Accept connections until stopped.
+
+        socketserver's serve_forever() polls for shutdown every poll_interval, so stop() would
+        take up to that long; waiting on the listener and a wake-up socket makes it immediate.
+        """
+        self._loop_thread = threading.current_thread()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._server.socket, selectors.EVENT_READ)
+                selector.register(self._wake_reader, selectors.EVENT_READ)
+                while not self._stopping.is_set():
+                    for key, _ in selector.select():
+                        if key.fileobj is self._server.socket and not self._stopping.is_set():
+                            self._server.handle_request()  # accepts; a thread takes it on
+        finally:
+            self._loop_done.set()
+
     def _close(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping in slow/trickle faults
+        self._stopping.set()
         with self._close_lock:  # stop() and a foreground serve_forever() may both get here
             if self._closed:
                 return
             self._closed = True
         self._server.drop_connections()
         self._server.server_close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
+        self._wake_reader.close()
+        self._wake_writer.close()
 
     @property
     def stopping(self) -> bool:

@@ -129,12 +129,13 @@ class TenantAdmin(admin.ModelAdmin):
             since = timezone.localtime(tenant.failing_since).strftime("%Y-%m-%d %H:%M UTC")
             kind = defender.ErrorKind(tenant.last_error_kind).label
             return format_html(
-                '<span class="health health-failing" title="{}">failing since {}: {} '
-                "({} in a row)</span>",
+                '<span class="health health-failing" title="{}">failing since {} ({} in a row): '
+                "{}: {}</span>",
                 tenant.last_error,
                 since,
-                kind,
                 tenant.consecutive_failures,
+                kind,
+                tenant.last_error_summary,
             )
         if tenant.last_success_at is None:
             return format_html('<span class="health">{}</span>', "waiting for first fetch")

@@ -100,6 +100,12 @@ class Tenant(models.Model):
         missed = (now - due) // interval
         return due + (missed + 1) * interval
 
+    @property
+    def last_error_summary(self) -> str:
+        """The cause in a few words: the first sentence of the stored error, without the name."""
+        text = self.last_error.removeprefix(f"{self.name}: ")
+        return text.split(". ")[0].rstrip(".")
+
     def health_label(self) -> str:
         if not self.enabled:
             return "disabled"

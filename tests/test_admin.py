@@ -133,13 +133,14 @@ def test_list_shows_score_and_health(staff_client, make_tenant, sim):
     healthy.record_success(value=612.5, measured_at=_now(), at=_now())
     failing = make_tenant(name="Broken Co")
     failing.record_failure(
-        kind="auth", message="Broken Co: the client secret is invalid.", at=_now()
+        kind="auth",
+        message="Broken Co: the client secret is invalid. Fix: create a new one. (AADSTS7000215)",
+        at=_now(),
     )
     html = staff_client.get(LIST_URL).content.decode()
     assert "612.5" in html
-    assert "ok" in html
-    assert "failing since" in html
-    assert "sign-in rejected" in html
+    assert '<span class="health health-ok">ok</span>' in html
+    assert "(1 in a row): sign-in rejected: the client secret is invalid</span>" in html
 
 
 def _now():

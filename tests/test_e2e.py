@@ -99,7 +99,7 @@ def celery_processes(sim, tmp_path) -> Iterator[Processes]:
     var_dir.mkdir()
     env = child_env(sim, var_dir)
     # Tasks left in a shared broker by an earlier run would only add noise.
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [CELERY, "-A", "scoreboard", "purge", "-f"],
         cwd=BASE_DIR,
         env=env,

@@ -4,6 +4,8 @@ Plain pytest: no database and no Django settings (the management command runs in
 process with the test settings).
 """
 
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -12,8 +14,8 @@ import re
 import signal
 import socket
 import ssl
-import statistics
 import stat
+import statistics
 import subprocess
 import sys
 import threading
@@ -203,7 +205,7 @@ def test_score_series_is_a_plausible_walk_with_recovering_drops() -> None:
 def test_score_is_smooth_within_a_day() -> None:
     tenant, start = "smooth", datetime(2025, 8, 1, tzinfo=UTC)
     minutes = [score_at(tenant, start + timedelta(minutes=m)) for m in range(3 * 24 * 60)]
-    assert max(abs(b - a) for a, b in zip(minutes, minutes[1:], strict=False)) < 1.0
+    assert max(abs(b - a) for a, b in itertools.pairwise(minutes)) < 1.0
 
 
 def test_score_series_is_cheap() -> None:
@@ -470,7 +472,7 @@ def test_api_refuses_missing_or_bad_tokens(
 def test_api_refuses_tampered_and_expired_tokens(
     cert_dir: Path, server: Simulator, http: requests.Session, tenant: str
 ) -> None:
-    header, claims, signature = _token(server, http, tenant).split(".")
+    header, _claims, signature = _token(server, http, tenant).split(".")
     forged = json.dumps({"tid": "someone-else", "exp": 9999999999}).encode()
     forged_claims = simulator._b64url(forged)
     _assert_defender_error(
@@ -646,7 +648,7 @@ def test_trickle_sends_a_valid_body_byte_by_byte(
 def test_slow_tenant_does_not_block_others(server: Simulator, http: requests.Session) -> None:
     slow, fast = str(uuid.uuid4()), str(uuid.uuid4())
     slow_token, fast_token = _token(server, http, slow), _token(server, http, fast)
-    server.set_fault(slow, "slow", delay=1.5)
+    server.set_fault(slow, "slow", delay=0.6)
     silent = socket.create_connection(("127.0.0.1", server.port))  # never starts TLS
     results: queue.Queue[int] = queue.Queue()
     worker = threading.Thread(
@@ -695,10 +697,12 @@ def test_tls_garbage_leaves_no_traceback(
 ) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
         raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to the TLS port
-        raw.recv(1024)
+        with contextlib.suppress(ConnectionError):
+            raw.recv(1024)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
         raw.sendall(b"\x16\x03\x01\x00\x05hello")  # a broken ClientHello
-        raw.recv(1024)
+        with contextlib.suppress(ConnectionError):
+            raw.recv(1024)
     untrusting = requests.Session()
     untrusting.trust_env = False
     with pytest.raises(requests.exceptions.SSLError):
@@ -892,7 +896,8 @@ def test_command_serves_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Si
 
 
 def test_command_refuses_a_non_loopback_host(tmp_path: Path) -> None:
-    process = _command("--host", "0.0.0.0", "--port", "0", "--cert-dir", str(tmp_path))
+    remote = "0.0.0.0"  # noqa: S104 - the point is that it is refused
+    process = _command("--host", remote, "--port", "0", "--cert-dir", str(tmp_path))
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 1
     assert "not a loopback address" in stderr

@@ -31,13 +31,14 @@ class Command(BaseCommand):
         failures = 0
         for attempt in attempts:
             outcome = self._run(attempt, width)
-            if outcome.ok:
-                score = outcome.attempt.tenant.last_score
+            if outcome.score is not None:
+                measured = outcome.score.measured_at.strftime("%Y-%m-%d %H:%M:%S UTC")
                 self.stdout.write(
-                    f"{attempt.tenant.slug:<{width}}  ok      {score:g}"
-                    if score is not None
-                    else f"{attempt.tenant.slug:<{width}}  ok"
+                    f"{attempt.tenant.slug:<{width}}  ok      {outcome.score.value:g}  "
+                    f"(measured {measured})"
                 )
+            elif outcome.ok:
+                self.stdout.write(f"{attempt.tenant.slug:<{width}}  ok      (already fetched)")
             else:
                 failures += 1
                 self.stdout.write(

@@ -128,9 +128,11 @@ class Command(BaseCommand):
         self.stdout.write("Stopping...")
 
     def _stop_all(self) -> None:
+        # SIGTERM to each main process only: gunicorn and Celery stop their own
+        # children in order (warm shutdown); the process group is killed only as a last resort.
         for _name, process in reversed(self.children):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                process.terminate()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for name, process in reversed(self.children):
             try:
