@@ -665,6 +665,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # Set per request by _dispatch.
     _status: int | None = None
     _note: str = ""
+    _body: bytes = b""
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -708,7 +709,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._status, self._note = None, ""
         path = urlsplit(self.path).path
         try:
+            # Read the body before anything else: one left unread on a kept-alive connection
+            # would be parsed as the next request.
+            self._body = self._read_body()
             self._route(path)
+        except _BadRequest as exc:
+            self.close_connection = True  # what is left of the body is unknown
+            self._send_defender_error(exc.status, "BadRequest", str(exc))
         except OSError:
             raise
         except Exception as exc:  # a simulator bug: answer 500 and say so in one line
@@ -893,9 +900,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _token_form(self) -> dict[str, str]:
         """The form fields (first value each), with client_secret_basic folded in."""
-        body = self._read_body()
         try:
-            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+            fields = parse_qs(self._body.decode("utf-8"), keep_blank_values=True)
         except UnicodeDecodeError:
             raise _BadRequest(400, "The request body is not valid UTF-8.") from None
         form = {name: values[0] for name, values in fields.items()}
@@ -1122,7 +1128,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _fault_fields(self) -> dict[str, Any]:
         try:
-            body = json.loads(self._read_body() or b"{}")
+            body = json.loads(self._body or b"{}")
         except ValueError:
             raise _BadRequest(400, "The body must be a JSON object.") from None
         if not isinstance(body, dict) or "kind" not in body:

@@ -6,9 +6,9 @@ import uuid
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
-from scoreboard.simulator import DEFAULT_CLIENT_SECRET
 
 from scoreboard.models import FetchAttempt, Reading
+from scoreboard.simulator import DEFAULT_CLIENT_SECRET
 from tenants.models import Tenant
 from tests.conftest import PLANTED_SECRET
 
