@@ -51,7 +51,7 @@ def test_fetch_scores_reports_failures_and_exits_non_zero(sim, make_tenant):
 
 def test_fetch_scores_unknown_slug_lists_the_known_ones(make_tenant):
     make_tenant(slug="known-co")
-    with pytest.raises(CommandError, match="No tenant with slug 'nope'. Known slugs: known-co"):
+    with pytest.raises(CommandError, match=r"No tenant with slug 'nope'\. Known slugs: known-co"):
         run("fetch_scores", "--tenant", "nope")
 
 
