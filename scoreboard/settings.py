@@ -129,6 +129,8 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'scoreboard.sqlite3'}")
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A fresh clone has no var/ yet; SQLite creates the file but not its folder.
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # The web, the worker and beat share one file: WAL lets readers run beside a
     # writer, and IMMEDIATE transactions take the write lock up front, so
     # writers queue on the busy timeout instead of failing with "database is locked".
@@ -166,8 +168,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
-LOGIN_URL = "admin:login"
-LOGIN_REDIRECT_URL = "/admin/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
 
 # HTTPS hardening is opt-in because `make run` serves plain HTTP on localhost.
 SCOREBOARD_HTTPS = env.bool("SCOREBOARD_HTTPS", default=False)

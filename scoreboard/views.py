@@ -1,12 +1,127 @@
+import csv
+from datetime import date
+
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from scoreboard import history
+from tenants import access
+
+READINGS_PER_PAGE = 50
+RECENT_ATTEMPTS = 20
+# Spreadsheets run cell text that starts with these as a formula (OWASP CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _period(request: HttpRequest, tenants) -> tuple[history.Period, str]:
+    """The requested range, or the default one and a message saying what was wrong."""
+    now = timezone.now()
+    earliest = history.earliest_reading(tenants)
+    try:
+        return history.parse_period(request.GET, now=now, earliest=earliest), ""
+    except history.InvalidPeriod as problem:
+        return history.parse_period({}, now=now, earliest=earliest), str(problem)
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
-    return redirect("admin:tenants_tenant_changelist")
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    tenants = access.visible_tenants(request.user)
+    period, problem = _period(request, tenants)
+    picked_slugs = request.GET.getlist("pick")[: history.MAX_COMPARED]
+    picked = tenants.filter(slug__in=picked_slugs)
+    now = timezone.now()
+    context = {
+        "rows": history.overview_rows(tenants=tenants, now=now),
+        "period": period,
+        "presets": list(history.PRESETS),
+        "period_problem": problem,
+        "trend": history.trend_data(tenants=tenants, period=period, picked=picked),
+        "sparklines": history.sparklines(tenants=tenants, now=now),
+        "picked": set(picked.values_list("slug", flat=True)),
+        "max_compared": history.MAX_COMPARED,
+    }
+    return render(request, "scoreboard/overview.html", context, status=400 if problem else 200)
+
+
+@login_required
+@require_GET
+def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = access.get_visible_tenant(request.user, slug)
+    period, problem = _period(request, access.visible_tenants(request.user).filter(pk=tenant.pk))
+    readings = Paginator(history.readings_table(tenant=tenant, period=period), READINGS_PER_PAGE)
+    context = {
+        "tenant": tenant,
+        "health": history.health_of(tenant, now=timezone.now()),
+        "period": period,
+        "presets": list(history.PRESETS),
+        "period_problem": problem,
+        "chart": history.tenant_chart(tenant=tenant, period=period),
+        "readings": readings.get_page(request.GET.get("page")),
+        "attempts": tenant.fetch_attempts.order_by("-scheduled_for")[:RECENT_ATTEMPTS],
+    }
+    return render(request, "scoreboard/tenant_detail.html", context, status=400 if problem else 200)
+
+
+class _Echo:
+    """A file-like sink for csv.writer that hands each line back."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def _bad_request(message: str) -> HttpResponse:
+    return HttpResponse(message + "\n", status=400, content_type="text/plain; charset=utf-8")
+
+
+@login_required
+@require_GET
+def export_csv(request: HttpRequest) -> HttpResponse:
+    """Readings as CSV, streamed: `tenant` (slug), `start`, `end` (YYYY-MM-DD) all optional."""
+    tenants = access.visible_tenants(request.user)
+    slug = request.GET.get("tenant", "").strip()
+    if slug:
+        tenants = tenants.filter(slug=slug)
+        # Unknown and not-visible answer the same, so the export cannot probe for slugs.
+        if not tenants.exists():
+            return _bad_request(f"No tenant {slug[:80]!r} among the tenants you may see.")
+    period = None
+    if request.GET.get("start") or request.GET.get("end"):
+        try:
+            period = history.parse_period(
+                request.GET, now=timezone.now(), earliest=history.earliest_reading(tenants)
+            )
+        except history.InvalidPeriod as problem:
+            return _bad_request(str(problem))
+    writer = csv.writer(_Echo())
+
+    def lines():
+        yield writer.writerow(history.EXPORT_HEADER)
+        for row in history.export_rows(tenants=tenants, period=period):
+            yield writer.writerow([_cell(value) for value in row])
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{_export_name(slug, period)}"'
+    return response
+
+
+def _export_name(slug: str, period: history.Period | None) -> str:
+    who = slug or "all-tenants"
+    if period is None:
+        return f"scoreboard-{who}-all-time.csv"
+    last: date = period.last_date
+    return f"scoreboard-{who}-{period.start_date}-to-{last}.csv"
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

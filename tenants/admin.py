@@ -36,6 +36,8 @@ class TenantForm(forms.ModelForm):
             "cloud",
             "api_region",
             "fetch_interval_minutes",
+            "viewers",
+            "viewer_groups",
         ]
         error_messages = {
             "tenant_id": {"invalid": GUID_ERROR},
@@ -75,6 +77,7 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "cloud", "last_error_kind"]
     search_fields = ["name", "slug", "tenant_id", "client_id"]
     prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["viewers", "viewer_groups"]
     actions = ["test_connection", "fetch_now"]
     readonly_fields = [
         "next_fetch_at",
@@ -94,6 +97,13 @@ class TenantAdmin(admin.ModelAdmin):
             {"fields": ["tenant_id", "client_id", "client_secret", "cloud", "api_region"]},
         ),
         ("Schedule", {"fields": ["fetch_interval_minutes", "next_fetch_at"]}),
+        (
+            "Access",
+            {
+                "fields": ["viewers", "viewer_groups"],
+                "description": "Staff see every tenant; these users and groups see this one.",
+            },
+        ),
         (
             "Health",
             {

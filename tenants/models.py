@@ -1,5 +1,6 @@
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -54,6 +55,20 @@ class Tenant(models.Model):
     # The newest reading, kept here so lists of tenants need no join over readings.
     last_score = models.FloatField(null=True, blank=True)
     last_measured_at = models.DateTimeField(null=True, blank=True)
+
+    # Who may see this tenant's history besides staff (see tenants.access).
+    viewers = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="viewable_tenants",
+        help_text="Users who may see this tenant's scores (staff see every tenant).",
+    )
+    viewer_groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="viewable_tenants",
+        help_text="Groups whose members may see this tenant's scores.",
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

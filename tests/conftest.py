@@ -64,3 +64,39 @@ def staff_user(db):
 def staff_client(client, staff_user):
     client.force_login(staff_user)
     return client
+
+
+@pytest.fixture
+def two_tenants(make_tenant) -> tuple[Tenant, Tenant]:
+    """Tenant A (granted to the viewer) and tenant B (granted to nobody)."""
+    return make_tenant(name="Alpha Corp", slug="alpha"), make_tenant(name="Beta Corp", slug="beta")
+
+
+@pytest.fixture
+def viewer(db, two_tenants):
+    user = get_user_model().objects.create_user("viewer", password="pw-viewer-1")
+    two_tenants[0].viewers.add(user)
+    return user
+
+
+@pytest.fixture
+def outsider(db):
+    return get_user_model().objects.create_user("outsider", password="pw-outsider-1")
+
+
+def add_readings(tenant: Tenant, *, hours: int, end=None, start_value: float = 500.0) -> None:
+    """Hourly readings ending now (or at `end`), rising by 0.1 an hour."""
+    from datetime import timedelta
+
+    from scoreboard.models import Reading
+
+    end = end or timezone.now()
+    Reading.objects.bulk_create(
+        Reading(
+            tenant=tenant,
+            value=start_value + 0.1 * h,
+            measured_at=end - timedelta(hours=hours - h),
+            fetched_at=end - timedelta(hours=hours - h),
+        )
+        for h in range(hours)
+    )
