@@ -9,7 +9,9 @@ register = template.Library()
 def delta(change: float | None) -> SafeString | str:
     """A change in score as an arrow and a number: red for a drop."""
     if change is None:
-        return format_html('<span class="delta flat muted" title="{}">&ndash;</span>', "no reading then")
+        return format_html(
+            '<span class="delta flat muted" title="{}">&ndash;</span>', "no reading then"
+        )
     if abs(change) < 0.005:
         return format_html('<span class="delta flat">{} 0</span>', "▶")
     if change < 0:
