@@ -137,8 +137,9 @@
     return Math.max(floor, median * 3);
   }
 
-  function pointRadiusFor(count) {
-    if (count > 60) {
+  /** Point markers only while they stay readable (count: this line; total: the chart). */
+  function pointRadiusFor(count, total) {
+    if (count > 60 || (total || count) > 400) {
       return 0;
     }
     if (count > 20) {
@@ -147,10 +148,10 @@
     return 2.5;
   }
 
-  function lineDataset(label, data, colourIndex, bucket) {
+  function lineDataset(label, data, colourIndex, bucket, total) {
     const colour = PALETTE[colourIndex % PALETTE.length];
     const dash = DASHES[Math.floor(colourIndex / PALETTE.length) % DASHES.length];
-    const radius = pointRadiusFor(data.length);
+    const radius = pointRadiusFor(data.length, total);
     return {
       label: label,
       data: data,
@@ -204,6 +205,13 @@
     }
     if (max !== null && (min === null || max > min)) {
       x.max = max;
+    }
+    // Hour ticks alone ("09:00") lose the date: over a few days tick by day,
+    // and on shorter ranges put the date into the hour label.
+    if (min !== null && max !== null && max - min > 3 * DAY) {
+      x.time.minUnit = 'day';
+    } else {
+      x.time.displayFormats.hour = 'MMM d HH:mm';
     }
     return {
       x: x,
@@ -373,13 +381,16 @@
       }
     }
 
-    let colourIndex = 0;
-    tenants.forEach(function (t) {
-      const series = toSeries(t && t.points, 1)[0];
-      const name = t && typeof t.name === 'string' ? t.name : String(t && t.slug || '');
-      datasets.push(lineDataset(name, series, colourIndex, bucket));
-      tooltipNames.push(name);
-      colourIndex += 1;
+    const tenantSeries = tenants.map(function (t) {
+      return {
+        name: t && typeof t.name === 'string' ? t.name : String((t && t.slug) || ''),
+        data: toSeries(t && t.points, 1)[0]
+      };
+    });
+    const total = tenantSeries.reduce(function (sum, t) { return sum + t.data.length; }, 0);
+    tenantSeries.forEach(function (t, index) {
+      datasets.push(lineDataset(t.name, t.data, index, bucket, total));
+      tooltipNames.push(t.name);
     });
 
     const hasPoints = datasets.some(function (ds) { return ds.data.length > 0; });
