@@ -26,7 +26,9 @@ def main() -> None:
     DOCS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800}, timezone_id="Europe/Berlin")
+        page = browser.new_page(
+            viewport={"width": 1280, "height": 800}, timezone_id="Europe/Berlin"
+        )
         page.goto(f"{options.url}/accounts/login/")
         page.fill("#id_username", options.username)
         page.fill("#id_password", options.password)
