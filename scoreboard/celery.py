@@ -23,6 +23,11 @@ def _schedule_dispatcher(sender: Celery, **kwargs) -> None:
             # A dispatch still queued when the next one is due is superseded by it.
             "options": {"expires": max(1.0, interval - 5)},
         },
+        "prune-fetch-attempts": {
+            "task": "scoreboard.tasks.prune_fetch_attempts",
+            "schedule": 24 * 3600.0,
+            "options": {"expires": 3600.0},
+        },
     }
     # kombu's filesystem transport needs its folders to exist before anyone starts.
     for folder in ("data_folder_in", "processed_folder"):

@@ -86,6 +86,7 @@ def dispatch_due_fetches(*, now: datetime | None = None) -> int:
     """Claim every due tenant, create its attempt, enqueue it. Returns how many."""
     now = now or timezone.now()
     expire_stale_attempts(now=now)
+    requeue_stalled_attempts(now=now)
     dispatched = 0
     for tenant_id, seen in due_tenants(now=now):
         with transaction.atomic():
@@ -111,6 +112,38 @@ def fetch_now(*, tenant: Tenant, trigger: str = FetchAttempt.Trigger.MANUAL) -> 
         )
         _enqueue_on_commit(attempt.pk)
     return attempt
+
+
+def requeue_stalled_attempts(*, now: datetime) -> int:
+    """Enqueue again the attempts no worker started: the broker may have lost them.
+
+    Safe because running an attempt twice stores one reading. An attempt is
+    enqueued again once per requeue period of its age (the dispatcher runs
+    every minute), so a long outage does not flood the queue.
+    """
+    period = timedelta(minutes=settings.SCOREBOARD_ATTEMPT_REQUEUE_MINUTES)
+    stalled = FetchAttempt.objects.filter(
+        status=FetchAttempt.Status.PENDING,
+        created_at__lt=now - period,
+        created_at__gte=now - timedelta(minutes=settings.SCOREBOARD_ATTEMPT_EXPIRY_MINUTES),
+    ).values_list("pk", "created_at")
+    requeued = 0
+    for attempt_id, created_at in stalled:
+        window = timedelta(seconds=settings.SCOREBOARD_DISPATCH_INTERVAL_SECONDS)
+        if (now - created_at) % period < window:
+            _enqueue_on_commit(attempt_id)
+            requeued += 1
+    if requeued:
+        log.warning("enqueued %d attempt(s) again that no worker had started", requeued)
+    return requeued
+
+
+def prune_attempts(*, now: datetime) -> int:
+    """Delete attempts older than the retention period. Readings are kept."""
+    cutoff = now - timedelta(days=settings.SCOREBOARD_ATTEMPT_RETENTION_DAYS)
+    old = FetchAttempt.objects.filter(created_at__lt=cutoff).exclude(status__in=OPEN_STATUSES)
+    _, deleted = old.delete()
+    return deleted.get(FetchAttempt._meta.label, 0)
 
 
 def expire_stale_attempts(*, now: datetime) -> int:

@@ -80,8 +80,14 @@ SCOREBOARD_HTTP_READ_TIMEOUT = env.float("SCOREBOARD_HTTP_READ_TIMEOUT", default
 SCOREBOARD_FETCH_MAX_TRIES = env.int("SCOREBOARD_FETCH_MAX_TRIES", default=4)
 SCOREBOARD_MAX_RETRY_AFTER = env.int("SCOREBOARD_MAX_RETRY_AFTER", default=600)
 SCOREBOARD_RETRY_BASE_SECONDS = env.float("SCOREBOARD_RETRY_BASE_SECONDS", default=30.0)
-# An attempt no worker has started after this long is closed as failed.
+# An attempt no worker has started after this long is enqueued again (the broker
+# may have lost it), and after the expiry it is closed as failed.
+SCOREBOARD_ATTEMPT_REQUEUE_MINUTES = env.int("SCOREBOARD_ATTEMPT_REQUEUE_MINUTES", default=10)
 SCOREBOARD_ATTEMPT_EXPIRY_MINUTES = env.int("SCOREBOARD_ATTEMPT_EXPIRY_MINUTES", default=60)
+# Fetch attempts (the log of tries) are pruned after this many days; readings never are.
+SCOREBOARD_ATTEMPT_RETENTION_DAYS = env.int("SCOREBOARD_ATTEMPT_RETENTION_DAYS", default=90)
+if SCOREBOARD_ATTEMPT_RETENTION_DAYS < 1:
+    raise ImproperlyConfigured("SCOREBOARD_ATTEMPT_RETENTION_DAYS must be 1 or more.")
 if SCOREBOARD_FETCH_MAX_TRIES < 1:
     raise ImproperlyConfigured("SCOREBOARD_FETCH_MAX_TRIES must be 1 or more.")
 

@@ -3,6 +3,7 @@
 import logging
 
 from celery import shared_task
+from django.utils import timezone
 
 from scoreboard import fetching
 from scoreboard.models import FetchAttempt
@@ -13,6 +14,13 @@ log = logging.getLogger(__name__)
 @shared_task(name="scoreboard.tasks.dispatch_due_fetches")
 def dispatch_due_fetches() -> int:
     return fetching.dispatch_due_fetches()
+
+
+@shared_task(name="scoreboard.tasks.prune_fetch_attempts")
+def prune_fetch_attempts() -> int:
+    deleted = fetching.prune_attempts(now=timezone.now())
+    log.info("pruned %d fetch attempt(s) past the retention period", deleted)
+    return deleted
 
 
 @shared_task(bind=True, name="scoreboard.tasks.fetch", max_retries=None)

@@ -257,3 +257,33 @@ def test_late_older_reading_does_not_replace_the_newer_score(make_tenant):
     tenant.record_success(value=400, measured_at=now - timedelta(hours=1), at=now)
     tenant = Tenant.objects.get(pk=tenant.pk)
     assert tenant.last_score == 500
+
+
+def test_attempts_no_worker_started_are_enqueued_again_once_per_period(
+    make_tenant, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    enqueued = []
+    monkeypatch.setattr(fetching, "_enqueue", enqueued.append)
+    settings.SCOREBOARD_ATTEMPT_REQUEUE_MINUTES = 10
+    attempt = attempt_for(make_tenant())
+    created = timezone.now() - timedelta(minutes=10, seconds=20)
+    FetchAttempt.objects.filter(pk=attempt.pk).update(created_at=created)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert fetching.requeue_stalled_attempts(now=timezone.now()) == 1
+        # The next dispatcher run, a minute later, leaves it alone.
+        later = timezone.now() + timedelta(minutes=1)
+        assert fetching.requeue_stalled_attempts(now=later) == 0
+    assert enqueued == [attempt.pk]
+
+
+def test_pruning_deletes_old_attempts_and_keeps_every_reading(sim, make_tenant, settings):
+    settings.SCOREBOARD_ATTEMPT_RETENTION_DAYS = 90
+    tenant = make_tenant()
+    old, recent = attempt_for(tenant), attempt_for(tenant)
+    for attempt in (old, recent):
+        fetching.run_attempt(attempt_id=attempt.pk)
+    FetchAttempt.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=91))
+    assert fetching.prune_attempts(now=timezone.now()) == 1
+    assert list(FetchAttempt.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert Reading.objects.filter(tenant=tenant).count() == 2
+    assert Reading.objects.filter(attempt__isnull=True).count() == 1
