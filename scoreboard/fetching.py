@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import DateTimeField, F, Q, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from scoreboard import defender
@@ -114,27 +116,43 @@ def fetch_now(*, tenant: Tenant, trigger: str = FetchAttempt.Trigger.MANUAL) -> 
     return attempt
 
 
+def _stall_limits() -> dict[str, timedelta]:
+    """How long an open attempt may sit without progress before it is enqueued again.
+
+    Pending: the broker may have lost the message. Running: the hard time limit
+    has passed, so its worker died (a killed host, not just a killed child,
+    which Celery redelivers at once). Retrying: its countdown has passed too.
+    """
+    hard_limit = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    return {
+        FetchAttempt.Status.PENDING: timedelta(minutes=settings.SCOREBOARD_ATTEMPT_REQUEUE_MINUTES),
+        FetchAttempt.Status.RUNNING: hard_limit,
+        FetchAttempt.Status.RETRYING: hard_limit
+        + timedelta(seconds=settings.SCOREBOARD_MAX_RETRY_AFTER),
+    }
+
+
 def requeue_stalled_attempts(*, now: datetime) -> int:
-    """Enqueue again the attempts no worker started: the broker may have lost them.
+    """Enqueue again the open attempts that stopped making progress.
 
     Safe because running an attempt twice stores one reading. An attempt is
-    enqueued again once per requeue period of its age (the dispatcher runs
-    every minute), so a long outage does not flood the queue.
+    enqueued again once per stall period (the dispatcher runs every minute), so
+    a long outage does not flood the queue.
     """
-    period = timedelta(minutes=settings.SCOREBOARD_ATTEMPT_REQUEUE_MINUTES)
-    stalled = FetchAttempt.objects.filter(
-        status=FetchAttempt.Status.PENDING,
-        created_at__lt=now - period,
-        created_at__gte=now - timedelta(minutes=settings.SCOREBOARD_ATTEMPT_EXPIRY_MINUTES),
-    ).values_list("pk", "created_at")
+    window = timedelta(seconds=settings.SCOREBOARD_DISPATCH_INTERVAL_SECONDS)
     requeued = 0
-    for attempt_id, created_at in stalled:
-        window = timedelta(seconds=settings.SCOREBOARD_DISPATCH_INTERVAL_SECONDS)
-        if (now - created_at) % period < window:
-            _enqueue_on_commit(attempt_id)
-            requeued += 1
+    for status, limit in _stall_limits().items():
+        stalled = FetchAttempt.objects.filter(status=status).filter(
+            Q(started_at__lt=now - limit) | Q(started_at__isnull=True, created_at__lt=now - limit)
+        )
+        for attempt_id, created_at, started_at in stalled.values_list(
+            "pk", "created_at", "started_at"
+        ):
+            if (now - (started_at or created_at)) % limit < window:
+                _enqueue_on_commit(attempt_id)
+                requeued += 1
     if requeued:
-        log.warning("enqueued %d attempt(s) again that no worker had started", requeued)
+        log.warning("enqueued %d stalled attempt(s) again", requeued)
     return requeued
 
 
@@ -147,18 +165,22 @@ def prune_attempts(*, now: datetime) -> int:
 
 
 def expire_stale_attempts(*, now: datetime) -> int:
-    """Close attempts that no worker picked up, so the tenant's health says why."""
+    """Close attempts still open long after they were due, so the tenant's health says why."""
     cutoff = now - timedelta(minutes=settings.SCOREBOARD_ATTEMPT_EXPIRY_MINUTES)
     stale = FetchAttempt.objects.filter(
-        status=FetchAttempt.Status.PENDING, created_at__lt=cutoff
+        status__in=OPEN_STATUSES, created_at__lt=cutoff
     ).select_related("tenant")
     expired = 0
     for attempt in stale:
+        if attempt.status == FetchAttempt.Status.PENDING:
+            cause = "no worker started this fetch"
+        else:
+            cause = "this fetch did not finish"
         error = DefenderError(
             ErrorKind.TRANSIENT,
-            f"{attempt.tenant.name}: no worker started this fetch within "
+            f"{attempt.tenant.name}: {cause} within "
             f"{settings.SCOREBOARD_ATTEMPT_EXPIRY_MINUTES} minutes. Fix: check that a Celery "
-            "worker is running and can reach the broker (CELERY_BROKER_URL).",
+            "worker is running and can reach the broker (CELERY_BROKER_URL) and the database.",
         )
         if _finish_failed(attempt=attempt, error=error, now=now, duration_ms=None):
             expired += 1
@@ -206,16 +228,24 @@ def run_attempt(*, attempt_id: int) -> Outcome:
     if attempt.is_finished:
         return Outcome(attempt=attempt)
     now = timezone.now()
+    # started_at is the start of the latest try: what the stall detection watches.
     FetchAttempt.objects.filter(pk=attempt.pk, status__in=OPEN_STATUSES).update(
-        status=FetchAttempt.Status.RUNNING,
-        tries=attempt.tries + 1,
-        started_at=attempt.started_at or now,
+        status=FetchAttempt.Status.RUNNING, tries=attempt.tries + 1, started_at=now
     )
     attempt.tries += 1
     started = time.monotonic()
     try:
         score = defender.read_secure_score(defender.Credential.from_tenant(attempt.tenant))
-    except DefenderError as error:
+        error = None
+    except DefenderError as raised:
+        error = raised
+    except SoftTimeLimitExceeded:
+        error = DefenderError(
+            ErrorKind.TRANSIENT,
+            f"{attempt.tenant.name}: the fetch took longer than the task time limit "
+            f"({settings.CELERY_TASK_SOFT_TIME_LIMIT} s) and was stopped.",
+        )
+    if error is not None:
         duration_ms = int((time.monotonic() - started) * 1000)
         delay = retry_delay(error=error, tries=attempt.tries)
         if delay is not None:
@@ -271,6 +301,23 @@ def _finish_ok(*, attempt: FetchAttempt, score: defender.Score, duration_ms: int
     return reading
 
 
+THROTTLED_SLOWDOWN_CAP = timedelta(hours=24)
+
+
+def _slow_down(tenant: Tenant, *, now: datetime) -> None:
+    """A tenant throttled to the end of an attempt waits longer each time, up to a day.
+
+    It is slowed, never dropped: the first success puts it back on its interval.
+    """
+    interval = timedelta(minutes=tenant.fetch_interval_minutes)
+    doublings = min(tenant.consecutive_failures, 6)
+    wait = min(interval * 2**doublings, THROTTLED_SLOWDOWN_CAP)
+    later = Value(now + wait, output_field=DateTimeField())
+    Tenant.objects.filter(pk=tenant.pk).update(
+        next_fetch_at=Greatest(Coalesce(F("next_fetch_at"), later), later)
+    )
+
+
 def _finish_failed(
     *, attempt: FetchAttempt, error: DefenderError, now: datetime, duration_ms: int | None
 ) -> bool:
@@ -285,7 +332,11 @@ def _finish_failed(
             finished_at=now,
         )
         if closed:
-            attempt.tenant.record_failure(kind=error.kind, message=str(error), at=now)
+            attempt.tenant.record_failure(
+                kind=error.kind, message=str(error), at=now, correlation_id=error.correlation_id
+            )
+            if error.kind == ErrorKind.THROTTLED:
+                _slow_down(attempt.tenant, now=now)
     if closed:
         attempt.status = FetchAttempt.Status.FAILED
         log.warning("attempt %s for tenant %s failed: %s", attempt.pk, attempt.tenant, error)

@@ -1,14 +1,21 @@
 """Thin Celery tasks: take ids, call scoreboard.fetching."""
 
 import logging
+import random
 
 from celery import shared_task
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from scoreboard import fetching
 from scoreboard.models import FetchAttempt
 
 log = logging.getLogger(__name__)
+
+# A database that is away for a moment: retry with backoff, then leave the
+# attempt open for the dispatcher's stall detection to pick up later.
+DATABASE_RETRIES = 8
+DATABASE_BACKOFF_CAP = 300.0
 
 
 @shared_task(name="scoreboard.tasks.dispatch_due_fetches")
@@ -25,13 +32,24 @@ def prune_fetch_attempts() -> int:
 
 @shared_task(bind=True, name="scoreboard.tasks.fetch", max_retries=None)
 def fetch(self, attempt_id: int) -> str:
-    # The number of tries is bounded by the attempt row (SCOREBOARD_FETCH_MAX_TRIES),
-    # not by Celery, so a redelivered task cannot reset the count.
+    # Tries against Microsoft are bounded by the attempt row
+    # (SCOREBOARD_FETCH_MAX_TRIES), not by Celery, so a redelivered task cannot
+    # reset the count.
     try:
         outcome = fetching.run_attempt(attempt_id=attempt_id)
     except FetchAttempt.DoesNotExist:
         log.warning("fetch attempt %s no longer exists (tenant deleted?); skipped", attempt_id)
         return "missing"
+    except DatabaseError as error:
+        # Every write of an attempt is one transaction, so nothing half-written
+        # is left behind; drop the broken connection and try the task again.
+        close_old_connections()
+        if self.request.retries >= DATABASE_RETRIES:
+            log.error("attempt %s: database still unavailable, giving up: %s", attempt_id, error)
+            raise
+        countdown = min(DATABASE_BACKOFF_CAP, 2.0 ** (self.request.retries + 1))
+        log.warning("attempt %s: database unavailable (%s); retrying", attempt_id, error)
+        raise self.retry(countdown=countdown * random.uniform(0.8, 1.2)) from error
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
     return outcome.attempt.status

@@ -7,7 +7,7 @@ from django.utils.html import format_html
 
 from scoreboard import defender, fetching
 from tenants import clouds
-from tenants.models import Tenant
+from tenants.models import FetchHealth, Tenant
 
 GUID_ERROR = "Enter a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47 (Entra ID shows it)."
 TEST_CONNECTION_LIMIT = 10
@@ -87,6 +87,7 @@ class TenantAdmin(admin.ModelAdmin):
         "last_error_at",
         "last_error_kind",
         "last_error",
+        "last_error_correlation_id",
         "consecutive_failures",
         "failing_since",
     ]
@@ -116,6 +117,7 @@ class TenantAdmin(admin.ModelAdmin):
                     "last_error_at",
                     "last_error_kind",
                     "last_error",
+                    "last_error_correlation_id",
                 ]
             },
         ),
@@ -189,3 +191,39 @@ class TenantAdmin(admin.ModelAdmin):
             "worker has run it.",
             messages.SUCCESS,
         )
+
+
+@admin.register(FetchHealth)
+class FetchHealthAdmin(admin.ModelAdmin):
+    """Failing tenants, worst first: what broke, since when, and what support needs."""
+
+    list_display = [
+        "name",
+        "error_kind",
+        "failing_since",
+        "consecutive_failures",
+        "last_error_at",
+        "last_error",
+        "last_error_correlation_id",
+    ]
+    list_display_links = ["name"]
+    list_filter = ["last_error_kind", "cloud"]
+    search_fields = ["name", "slug", "last_error", "last_error_correlation_id"]
+    ordering = ["-consecutive_failures", "failing_since"]
+    actions = None
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[FetchHealth]:
+        return super().get_queryset(request).filter(consecutive_failures__gt=0, enabled=True)
+
+    @admin.display(description="Error", ordering="last_error_kind")
+    def error_kind(self, tenant: FetchHealth) -> str:
+        return defender.ErrorKind(tenant.last_error_kind).label if tenant.last_error_kind else ""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -50,6 +50,9 @@ class Tenant(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     last_error_kind = models.CharField(max_length=20, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    last_error_correlation_id = models.CharField(
+        "correlation id", max_length=100, blank=True, default=""
+    )
     consecutive_failures = models.PositiveIntegerField(default=0)
     failing_since = models.DateTimeField(null=True, blank=True)
     # The newest reading, kept here so lists of tenants need no join over readings.
@@ -138,6 +141,7 @@ class Tenant(models.Model):
             "failing_since": None,
             "last_error_kind": "",
             "last_error": "",
+            "last_error_correlation_id": "",
         }
         Tenant.objects.filter(pk=self.pk).update(**updates)
         # A late retry must not replace a newer score with an older one.
@@ -147,12 +151,15 @@ class Tenant(models.Model):
         for field, new in updates.items():
             setattr(self, field, new)
 
-    def record_failure(self, *, kind: str, message: str, at: datetime) -> None:
+    def record_failure(
+        self, *, kind: str, message: str, at: datetime, correlation_id: str = ""
+    ) -> None:
         """Store the outcome of a failed attempt on this row."""
         Tenant.objects.filter(pk=self.pk).update(
             last_error_at=at,
             last_error_kind=kind,
             last_error=message,
+            last_error_correlation_id=correlation_id,
             consecutive_failures=models.F("consecutive_failures") + 1,
         )
         Tenant.objects.filter(pk=self.pk, failing_since__isnull=True).update(failing_since=at)
@@ -161,7 +168,17 @@ class Tenant(models.Model):
                 "last_error_at",
                 "last_error_kind",
                 "last_error",
+                "last_error_correlation_id",
                 "consecutive_failures",
                 "failing_since",
             ]
         )
+
+
+class FetchHealth(Tenant):
+    """The tenants whose fetches fail, as admin's "Fetch health" page lists them."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "fetch health"
+        verbose_name_plural = "fetch health"

@@ -186,3 +186,32 @@ def test_fetch_now_queues_an_attempt_that_stores_a_reading(
     attempt = FetchAttempt.objects.get(tenant=tenant)
     assert (attempt.trigger, attempt.status) == ("manual", "ok")
     assert Reading.objects.get(tenant=tenant).attempt == attempt
+
+
+def test_fetch_health_lists_failing_tenants_with_what_support_needs(staff_client, make_tenant, sim):
+    from scoreboard import fetching
+    from scoreboard.models import FetchAttempt
+
+    make_tenant(name="Fine Co")
+    broken = make_tenant(name="Forbidden Co")
+    sim.set_fault(str(broken.tenant_id), "forbidden")
+    attempt = FetchAttempt.objects.create(tenant=broken, scheduled_for=_now())
+    fetching.run_attempt(attempt_id=attempt.pk)
+    broken.refresh_from_db()
+    assert len(broken.last_error_correlation_id) == 36
+    html = staff_client.get(reverse("admin:tenants_fetchhealth_changelist")).content.decode()
+    assert "Forbidden Co" in html
+    assert "Fine Co" not in html
+    assert "missing permission" in html
+    assert broken.last_error_correlation_id in html
+    assert "Score.Read.All" in html
+
+
+def test_fetch_health_is_for_staff_only(client, make_tenant):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user("plain", password="pw-plain-1")
+    client.force_login(user)
+    response = client.get(reverse("admin:tenants_fetchhealth_changelist"))
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]

@@ -149,11 +149,14 @@ def test_overview_tenant_page_and_export_in_a_browser(live_server, watched, staf
     assert page.locator(".tz-name").first.inner_text() not in ("", "local time")
 
     # The legend hides and shows a tenant.
-    assert page.evaluate("() => window.scoreboard.charts.trend.isDatasetVisible(0)")
+    visible = "() => window.scoreboard.charts.trend.isDatasetVisible(0)"
+    assert page.evaluate(visible)
     click_legend_item(page, "trend", 0)
-    assert not page.evaluate("() => window.scoreboard.charts.trend.isDatasetVisible(0)")
+    # Chart.js handles pointer events once per animation frame: wait for it.
+    page.wait_for_function(f"() => !({visible})()", timeout=5000)
+    assert painted_pixels(page, "#trend-chart") > 1000
     click_legend_item(page, "trend", 0)
-    assert page.evaluate("() => window.scoreboard.charts.trend.isDatasetVisible(0)")
+    page.wait_for_function(visible, timeout=5000)
 
     # Sorting by the latest score puts the highest last, then first.
     latest_header = page.locator("#overview-table th button.sort", has_text="Latest")

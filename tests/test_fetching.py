@@ -4,7 +4,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from scoreboard import fetching
@@ -287,3 +287,84 @@ def test_pruning_deletes_old_attempts_and_keeps_every_reading(sim, make_tenant, 
     assert list(FetchAttempt.objects.values_list("pk", flat=True)) == [recent.pk]
     assert Reading.objects.filter(tenant=tenant).count() == 2
     assert Reading.objects.filter(attempt__isnull=True).count() == 1
+
+
+def test_a_fetch_stopped_by_the_soft_time_limit_is_a_transient_failure(
+    make_tenant, monkeypatch, sim
+):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def too_slow(credential):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(fetching.defender, "read_secure_score", too_slow)
+    outcome = fetching.run_attempt(attempt_id=attempt_for(make_tenant()).pk)
+    assert outcome.error.kind == ErrorKind.TRANSIENT
+    assert "longer than the task time limit" in str(outcome.error)
+    assert outcome.retry_in is not None
+
+
+def test_a_tenant_throttled_to_the_end_is_slowed_not_dropped(sim, make_tenant):
+    tenant = make_tenant(fetch_interval_minutes=60)
+    sim.set_fault(str(tenant.tenant_id), "throttle", retry_after=0)
+    run_to_the_end(attempt_for(tenant))
+    tenant.refresh_from_db()
+    assert tenant.enabled
+    first_wait = tenant.next_fetch_at - timezone.now()
+    assert timedelta(minutes=119) < first_wait <= timedelta(minutes=120)
+    run_to_the_end(attempt_for(tenant))
+    tenant.refresh_from_db()
+    assert timedelta(minutes=239) < tenant.next_fetch_at - timezone.now() <= timedelta(hours=4)
+    sim.clear_faults()
+    assert run_to_the_end(attempt_for(tenant)).ok
+
+
+def test_an_attempt_whose_worker_died_is_enqueued_again(
+    make_tenant, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    enqueued = []
+    monkeypatch.setattr(fetching, "_enqueue", enqueued.append)
+    attempt = attempt_for(make_tenant())
+    limit = settings.CELERY_TASK_TIME_LIMIT + 60
+    FetchAttempt.objects.filter(pk=attempt.pk).update(
+        status="running", started_at=timezone.now() - timedelta(seconds=limit + 20)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert fetching.requeue_stalled_attempts(now=timezone.now()) == 1
+    assert enqueued == [attempt.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_during_a_fetch_is_retried_and_leaves_nothing_half_written(
+    sim, make_tenant, monkeypatch
+):
+    from django.db import OperationalError
+
+    from scoreboard import tasks
+
+    real_finish = fetching._finish_ok
+    failures = iter([True])
+
+    def flaky_finish(**kwargs):
+        if next(failures, False):
+            with transaction.atomic():
+                Reading.objects.create(
+                    tenant=kwargs["attempt"].tenant,
+                    value=1,
+                    measured_at=timezone.now(),
+                    fetched_at=timezone.now(),
+                    attempt=kwargs["attempt"],
+                )
+                raise OperationalError("server closed the connection unexpectedly")
+        return real_finish(**kwargs)
+
+    monkeypatch.setattr(fetching, "_finish_ok", flaky_finish)
+    monkeypatch.setattr(tasks.random, "uniform", lambda a, b: 0.0)  # no real wait
+    tenant = make_tenant()
+    attempt = attempt_for(tenant)
+    result = tasks.fetch.apply(args=[attempt.pk])
+    assert result.get() == "ok"
+    reading = Reading.objects.get(tenant=tenant)  # the half-written one was rolled back
+    assert reading.value != 1
+    attempt.refresh_from_db()
+    assert (attempt.status, attempt.tries) == ("ok", 2)
