@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import certifi
 import msal
@@ -143,36 +144,50 @@ class Score:
 # --- HTTP ---------------------------------------------------------------------
 
 
+class OutboundBlocked(requests.RequestException):
+    """A request to a host outside the tenant's cloud was refused before it left."""
+
+
 class _Session(requests.Session):
     """Every outbound request: explicit timeouts, our CA choice, proxies from the environment.
 
     `trust_env` is off because REQUESTS_CA_BUNDLE in the environment would
     otherwise override `verify`; proxies are still taken from the environment,
     per URL, so HTTPS_PROXY and NO_PROXY keep working.
+
+    Each cloud has its own session that only speaks HTTPS to that cloud's
+    hosts: an answer that points elsewhere (say, a discovery document naming
+    another token endpoint) cannot make us send a secret there.
     """
 
-    def __init__(self, verify: str | bool) -> None:
+    def __init__(self, verify: str | bool, allowed_hosts: frozenset[str]) -> None:
         super().__init__()
         self.trust_env = False
         self.verify = verify
+        self.allowed_hosts = allowed_hosts
+        self.max_redirects = 0
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or parts.netloc.lower() not in self.allowed_hosts:
+            log.error("refused an outbound request to %s://%s", parts.scheme, parts.netloc)
+            raise OutboundBlocked(f"{parts.scheme}://{parts.netloc} is not a host of this cloud")
         kwargs.setdefault("proxies", requests.utils.get_environ_proxies(url))
         kwargs.setdefault(
             "timeout",
             (settings.SCOREBOARD_HTTP_CONNECT_TIMEOUT, settings.SCOREBOARD_HTTP_READ_TIMEOUT),
         )
+        kwargs.setdefault("allow_redirects", False)
         return super().request(method, url, *args, **kwargs)
 
 
 _lock = threading.Lock()
-_session: _Session | None = None
+_sessions: dict[Cloud, _Session] = {}
 _apps: dict[tuple[str, str], tuple[str, msal.ConfidentialClientApplication]] = {}
 
 
 def _forget_after_fork() -> None:
-    global _session
-    _session = None
+    _sessions.clear()
     _apps.clear()
 
 
@@ -203,12 +218,13 @@ def _ca_file() -> str | bool:
     return str(target)
 
 
-def _http() -> _Session:
-    global _session
+def _http(cloud: Cloud) -> _Session:
     with _lock:
-        if _session is None:
-            _session = _Session(verify=_ca_file())
-        return _session
+        session = _sessions.get(cloud)
+        if session is None:
+            hosts = frozenset(urlsplit(url).netloc.lower() for url in cloud.base_urls())
+            session = _sessions[cloud] = _Session(verify=_ca_file(), allowed_hosts=hosts)
+        return session
 
 
 def reset() -> None:
@@ -229,7 +245,7 @@ def _app(credential: Credential) -> msal.ConfidentialClientApplication:
         cached = _apps.get(key)
     if cached and cached[0] == secret_hash:
         return cached[1]
-    http = _http()
+    http = _http(credential.cloud)
     try:
         app = msal.ConfidentialClientApplication(
             credential.client_id,
@@ -328,6 +344,13 @@ def _sign_in_error(credential: Credential, result: dict[str, Any]) -> DefenderEr
 def _network_error(
     credential: Credential, what: str, exc: requests.RequestException
 ) -> DefenderError:
+    if isinstance(exc, OutboundBlocked):
+        return DefenderError(
+            ErrorKind.CONFIG,
+            f"{credential.name}: {what} pointed Scoreboard to {exc}, so the request was not "
+            f"sent. Only the hosts of the {credential.cloud.label} cloud are contacted; check "
+            "the tenant's cloud, and report this if it persists.",
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         return DefenderError(
             ErrorKind.CONFIG,
@@ -360,7 +383,7 @@ def _get(credential: Credential, url: str, token: str) -> _Answer:
     read = settings.SCOREBOARD_HTTP_READ_TIMEOUT
     deadline = time.monotonic() + connect + read
     try:
-        with _http().get(
+        with _http(credential.cloud).get(
             url,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             timeout=(connect, read),

@@ -4,7 +4,7 @@ Data, not logic: `defender.py` reads these to build its URLs, and nothing
 else names a Microsoft host.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -16,13 +16,17 @@ class Cloud:
     login_host: str  # scheme and host of the sign-in authority
     api_base: str  # scheme and host of the Defender API
     scope: str  # client-credentials scope for the token
-    regional_api_bases: dict[str, str]  # api_region -> API base
+    regional_api_bases: dict[str, str] = field(hash=False)  # api_region -> API base
     # None leaves msal's own choice for Microsoft hosts. Only the simulator skips
     # instance discovery, which would ask Microsoft to vouch for a host it does not know.
     instance_discovery: bool | None = None
 
     def authority(self, tenant_id: str) -> str:
         return f"{self.login_host}/{tenant_id}"
+
+    def base_urls(self) -> list[str]:
+        """Every scheme and host this cloud's requests may go to."""
+        return [self.login_host, self.api_base, *self.regional_api_bases.values()]
 
     def api_base_for(self, region: str) -> str:
         if not region:

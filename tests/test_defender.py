@@ -198,10 +198,65 @@ def test_simulator_cloud_switched_off_is_a_config_error(make_tenant, settings, s
     assert "SCOREBOARD_SIMULATOR_URL" in str(error)
 
 
-def test_secret_never_reaches_messages_or_logs(sim, make_tenant, caplog):
-    caplog.set_level(logging.DEBUG)
+def test_secret_never_reaches_messages_or_logs_even_at_debug_level(sim, make_tenant, caplog):
+    for logger in ("", "msal", "urllib3", "requests", "scoreboard"):
+        caplog.set_level(logging.DEBUG, logger=logger)
     tenant = make_tenant(client_secret=PLANTED_SECRET)
     error = failure(tenant)
     assert error.kind == ErrorKind.AUTH
     assert PLANTED_SECRET not in str(error)
+    good = make_tenant()
+    read(good)
+    read(good)
+    assert "urllib3" in caplog.text or "msal" in caplog.text  # debug logging was on
     assert PLANTED_SECRET not in caplog.text
+    assert defender_default_secret() not in caplog.text
+    assert "eyJ" not in caplog.text  # no access token (the simulator issues JWTs)
+
+
+def test_a_discovery_document_naming_another_host_gets_no_secret(
+    sim, make_tenant, monkeypatch, tmp_path
+):
+    from scoreboard import simulator
+
+    with simulator.Simulator(cert_dir=tmp_path).start() as elsewhere:
+        real = simulator.discovery_document
+
+        def rogue(base_url: str, tenant: str) -> dict:
+            document = real(base_url, tenant)
+            document["token_endpoint"] = f"{elsewhere.url}/{tenant}/oauth2/v2.0/token"
+            return document
+
+        monkeypatch.setattr(simulator, "discovery_document", rogue)
+        tenant = make_tenant(client_secret=PLANTED_SECRET)
+        error = failure(tenant)
+        assert error.kind == ErrorKind.CONFIG
+        assert "was not sent" in str(error)
+        assert elsewhere.stats() == {}  # not one request reached the other host
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.example.com/api/configurationScore",
+        "http://127.0.0.1/api/configurationScore",
+        "https://login.microsoftonline.com.evil.example/x",
+    ],
+)
+def test_each_cloud_session_only_speaks_https_to_its_own_hosts(url):
+    from tenants.clouds import get_cloud
+
+    session = defender._http(get_cloud("commercial"))
+    with pytest.raises(defender.OutboundBlocked):
+        session.get(url)
+
+
+def test_commercial_cloud_allows_its_sign_in_and_api_hosts_only():
+    from tenants.clouds import get_cloud
+
+    session = defender._http(get_cloud("commercial"))
+    assert "login.microsoftonline.com" in session.allowed_hosts
+    assert "api.security.microsoft.com" in session.allowed_hosts
+    assert "eu.api.security.microsoft.com" in session.allowed_hosts
+    assert "login.microsoftonline.us" not in session.allowed_hosts
+    assert session.max_redirects == 0
