@@ -49,3 +49,32 @@ def test_a_missing_secret_is_a_config_error(make_tenant, sim):
     tenant = make_tenant(client_secret="")
     with pytest.raises(DefenderError, match="no client secret is stored"):
         Credential.from_tenant(Tenant.objects.get(pk=tenant.pk))
+
+
+def test_rotate_encryption_keys_re_encrypts_every_secret(make_tenant, settings):
+    import io
+
+    from django.core.management import call_command
+
+    old = settings.SCOREBOARD_ENCRYPTION_KEYS[0]
+    tenants = [make_tenant(client_secret=f"secret-{n}") for n in range(3)]
+    settings.SCOREBOARD_ENCRYPTION_KEYS = [OTHER_KEY, old]
+    out = io.StringIO()
+    call_command("rotate_encryption_keys", stdout=out)
+    assert out.getvalue().strip() == "Re-encrypted 3 secret(s) under the newest key."
+    settings.SCOREBOARD_ENCRYPTION_KEYS = [OTHER_KEY]  # the old key is gone
+    for n, tenant in enumerate(tenants):
+        assert Tenant.objects.get(pk=tenant.pk).client_secret.reveal() == f"secret-{n}"
+
+
+def test_rotation_with_an_unreadable_secret_changes_nothing(make_tenant, settings):
+    from django.core.management import CommandError, call_command
+
+    orphan = make_tenant(name="Lost Key Co", client_secret="under-a-key-now-gone")
+    settings.SCOREBOARD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    current = make_tenant(name="Current Co", client_secret="under-the-current-key")
+    before = {t.pk: Tenant.objects.get(pk=t.pk).client_secret.ciphertext for t in (orphan, current)}
+    with pytest.raises(CommandError, match=r"1 secret\(s\) cannot be decrypted.*Lost Key Co"):
+        call_command("rotate_encryption_keys")
+    for pk, ciphertext in before.items():
+        assert Tenant.objects.get(pk=pk).client_secret.ciphertext == ciphertext
