@@ -88,14 +88,15 @@ class DefenderError(Exception):
 
 @dataclass(frozen=True)
 class Credential:
-    """What signing in to one tenant takes, with the secret already decrypted."""
+    """What signing in to one tenant takes, with the secret or private key decrypted."""
 
     name: str
     tenant_id: str
     client_id: str
-    secret: str = field(repr=False)
+    secret: str = field(repr=False)  # the client secret, or the certificate's private key
     cloud: Cloud
     api_base: str
+    certificate: str = ""  # PEM; set for certificate credentials
 
     @classmethod
     def from_tenant(cls, tenant: Tenant) -> Credential:
@@ -110,16 +111,18 @@ class Credential:
                 f"{tenant.name}: API region {tenant.api_region!r} does not exist in the "
                 f"{cloud.label} cloud. Fix: clear the API region in admin.",
             ) from None
-        sealed = tenant.client_secret
+        uses_certificate = tenant.credential_type == "certificate"
+        sealed = tenant.private_key if uses_certificate else tenant.client_secret
         try:
             secret = sealed.reveal() if hasattr(sealed, "reveal") else str(sealed or "")
         except SecretUnreadable as exc:
             raise DefenderError(ErrorKind.CONFIG, f"{tenant.name}: {exc}.") from None
-        if not secret:
+        if not secret or (uses_certificate and not tenant.certificate):
+            what = "certificate and private key" if uses_certificate else "client secret"
             raise DefenderError(
                 ErrorKind.CONFIG,
-                f"{tenant.name}: no client secret is stored. Fix: paste the app "
-                "registration's client secret value into this tenant in admin.",
+                f"{tenant.name}: no {what} is stored. Fix: paste the app registration's "
+                f"{what} into this tenant in admin.",
             )
         return cls(
             name=tenant.name,
@@ -128,7 +131,15 @@ class Credential:
             secret=secret,
             cloud=cloud,
             api_base=api_base,
+            certificate=tenant.certificate if uses_certificate else "",
         )
+
+    @property
+    def client_credential(self) -> str | dict[str, str]:
+        """What msal takes: the secret, or the key and certificate it signs assertions with."""
+        if self.certificate:
+            return {"private_key": self.secret, "public_certificate": self.certificate}
+        return self.secret
 
     def redact(self, text: str) -> str:
         """Belt and braces: no message we keep may carry the secret."""
@@ -240,7 +251,9 @@ def _app(credential: Credential) -> msal.ConfidentialClientApplication:
     """One msal app per credential per process, so msal's token cache is reused."""
     authority = credential.cloud.authority(credential.tenant_id)
     key = (authority, credential.client_id)
-    secret_hash = hashlib.sha256(credential.secret.encode()).hexdigest()
+    secret_hash = hashlib.sha256(
+        (credential.secret + "\0" + credential.certificate).encode()
+    ).hexdigest()
     with _lock:
         cached = _apps.get(key)
     if cached and cached[0] == secret_hash:
@@ -249,7 +262,7 @@ def _app(credential: Credential) -> msal.ConfidentialClientApplication:
     try:
         app = msal.ConfidentialClientApplication(
             credential.client_id,
-            client_credential=credential.secret,
+            client_credential=credential.client_credential,
             authority=authority,
             http_client=http,
             timeout=settings.SCOREBOARD_HTTP_READ_TIMEOUT,
@@ -278,6 +291,12 @@ _FIX_CREDENTIAL = (
 _SIGN_IN_ERRORS: dict[int, tuple[ErrorKind, str]] = {
     7000215: (ErrorKind.AUTH, "the client secret is invalid. " + _FIX_CREDENTIAL),
     7000222: (ErrorKind.AUTH, "the client secret has expired. " + _FIX_CREDENTIAL),
+    700027: (
+        ErrorKind.AUTH,
+        "the certificate was refused. Fix: upload this certificate (the public part) to the "
+        "app with client ID {client_id} under App registrations > Certificates & secrets > "
+        "Certificates, or paste the certificate that is uploaded there into this tenant.",
+    ),
     700016: (
         ErrorKind.CONFIG,
         "application {client_id} was not found in tenant {tenant_id}. Fix: check the "

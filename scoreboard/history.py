@@ -144,6 +144,9 @@ def health_of(tenant: Tenant, *, now: datetime) -> Health:
     if tenant.consecutive_failures:
         kind = ErrorKind(tenant.last_error_kind).label if tenant.last_error_kind else "error"
         return Health("failing", f"failing: {kind}", tenant.last_error_summary)
+    warning = tenant.credential_warning(now.date())
+    if warning:
+        return Health("expiring", "credential expiring", warning)
     last = tenant.last_measured_at
     if last is None:
         return Health("waiting", "waiting for first reading")

@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -55,6 +56,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"  # noqa: S105 - a test server's well-known secret
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEFAULT_TOKEN_LIFETIME = 3599  # what Entra ID answers for client-credentials tokens
 DEFAULT_RETRY_AFTER = 2.0
 DEFAULT_SLOW_DELAY = 5.0
@@ -930,6 +932,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         elif not form.get("client_id"):
             self._send_missing_parameter("client_id")
+        elif form.get("client_assertion"):
+            problem = self._assertion_problem(tenant, form)
+            if problem is None:
+                return False
+            self._note = "bad client assertion"
+            self._send_entra_error(401, "invalid_client", 700027, problem)
         elif not form.get("client_secret"):
             self._send_entra_error(
                 401,
@@ -947,6 +955,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             return False
         return True
+
+    def _assertion_problem(self, tenant: str, form: dict[str, str]) -> str | None:
+        """Why a certificate credential (a signed JWT) is refused, or None if it is good.
+
+        The certificate must be one registered with the simulator (as an app
+        registration lists its certificates), the signature must verify with it,
+        and the claims must name this client and this token endpoint.
+        """
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            return "Client assertion type is missing or not supported."
+        assertion = form["client_assertion"]
+        try:
+            header = jwt.get_unverified_header(assertion)
+            der = base64.b64decode(header["x5c"][0])
+        except (jwt.PyJWTError, KeyError, IndexError, TypeError, ValueError):
+            return "Client assertion contains no certificate (x5c header)."
+        certificate = self.sim.registered_certificate(hashlib.sha256(der).hexdigest())
+        if certificate is None:
+            return (
+                "Client assertion failed signature validation: the certificate is not "
+                f"registered for app '{form['client_id']}'."
+            )
+        try:
+            claims = jwt.decode(
+                assertion,
+                key=certificate.public_key(),
+                algorithms=["PS256", "RS256"],
+                audience=f"{self._base_url()}/{tenant}/oauth2/v2.0/token",
+                issuer=form["client_id"],
+            )
+        except jwt.PyJWTError as exc:
+            return f"Client assertion failed signature validation: {exc}."
+        if claims.get("sub") != form["client_id"]:
+            return "Client assertion subject does not match the client id."
+        return None
 
     def _send_missing_parameter(self, name: str) -> None:
         self._send_entra_error(
@@ -1282,6 +1325,7 @@ class Simulator:
         self.cert_path, self.key_path = ensure_certificate(directory)
         self._lock = threading.Lock()
         self._faults: dict[str, Fault] = {}
+        self._certificates: dict[str, x509.Certificate] = {}
         self._stats: dict[str, _TenantStats] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1392,6 +1436,21 @@ class Simulator:
         self.stop()
 
     # -- faults --
+
+    def register_certificate(self, pem: bytes) -> str:
+        """Accept certificate credentials signed with this certificate's key.
+
+        Returns its SHA-256 fingerprint (hex).
+        """
+        certificate = x509.load_pem_x509_certificate(pem)
+        fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
+        with self._lock:
+            self._certificates[fingerprint] = certificate
+        return fingerprint
+
+    def registered_certificate(self, fingerprint: str) -> x509.Certificate | None:
+        with self._lock:
+            return self._certificates.get(fingerprint)
 
     def set_fault(
         self,

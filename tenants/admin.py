@@ -6,7 +6,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from scoreboard import defender, fetching
-from tenants import clouds
+from tenants import certificates, clouds
 from tenants.models import FetchHealth, Tenant
 
 GUID_ERROR = "Enter a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47 (Entra ID shows it)."
@@ -14,14 +14,21 @@ TEST_CONNECTION_LIMIT = 10
 
 
 class TenantForm(forms.ModelForm):
-    # A password input that never renders a value: the stored secret cannot be
-    # read back from the page, and leaving it blank keeps it.
+    # Inputs that never render a value: the stored secret or key cannot be read
+    # back from the page, and leaving them blank keeps what is stored.
     client_secret = forms.CharField(
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="The client secret's Value from the app registration. Stored encrypted and "
         "never shown again; leave blank to keep the stored one.",
+    )
+    private_key = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="For a certificate credential: the private key (PEM, unencrypted). Stored "
+        "encrypted and never shown again; leave blank to keep the stored one.",
     )
 
     class Meta:
@@ -32,13 +39,21 @@ class TenantForm(forms.ModelForm):
             "enabled",
             "tenant_id",
             "client_id",
-            "client_secret",
             "cloud",
             "api_region",
+            "credential_type",
+            "client_secret",
+            "certificate",
+            "private_key",
+            "credential_expires_at",
             "fetch_interval_minutes",
             "viewers",
             "viewer_groups",
         ]
+        widgets = {
+            "certificate": forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+            "credential_type": forms.RadioSelect,
+        }
         error_messages = {
             "tenant_id": {"invalid": GUID_ERROR},
             "client_id": {"invalid": GUID_ERROR},
@@ -47,6 +62,7 @@ class TenantForm(forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.initial.pop("client_secret", None)
+        self.initial.pop("private_key", None)
         cloud_field = self.fields["cloud"]
         choices = clouds.available_choices()
         if self.instance.pk and self.instance.cloud not in dict(choices):
@@ -58,16 +74,71 @@ class TenantForm(forms.ModelForm):
                 "A secret is stored (encrypted). Leave blank to keep it, or paste a new Value "
                 "to replace it."
             )
+        if self.instance.pk and self.instance.private_key:
+            self.fields["private_key"].help_text = (
+                "A private key is stored (encrypted). Leave blank to keep it, or paste a new "
+                "one to replace it."
+            )
 
-    def clean_client_secret(self):
-        new = self.cleaned_data.get("client_secret", "")
+    def _kept(self, name: str, message: str):
+        """The new value of a write-only field, or the stored one when left blank."""
+        new = self.cleaned_data.get(name, "")
         if new:
             return new
-        if self.instance.pk and self.instance.client_secret:
-            return self.instance.client_secret  # the SealedSecret: stored value unchanged
-        raise forms.ValidationError(
-            "Paste the client secret's Value from the app registration (Certificates & secrets)."
+        stored = getattr(self.instance, name) if self.instance.pk else None
+        if stored:
+            return stored  # the SealedSecret: stored value unchanged
+        if self.cleaned_data.get("credential_type", Tenant.CredentialType.SECRET) == name_type(
+            name
+        ):
+            raise forms.ValidationError(message)
+        return ""
+
+    def clean_client_secret(self):
+        return self._kept(
+            "client_secret",
+            "Paste the client secret's Value from the app registration (Certificates & secrets).",
         )
+
+    def clean_private_key(self):
+        return self._kept(
+            "private_key", "Paste the certificate's private key (PEM) for a certificate credential."
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("credential_type") != Tenant.CredentialType.CERTIFICATE:
+            return cleaned
+        pem = (cleaned.get("certificate") or "").strip()
+        if not pem:
+            self.add_error("certificate", "Paste the certificate (PEM) uploaded to the app.")
+            return cleaned
+        try:
+            certificate = certificates.load(pem)
+        except ValueError as problem:
+            self.add_error("certificate", str(problem))
+            return cleaned
+        key = cleaned.get("private_key")
+        if isinstance(key, str) and key:
+            try:
+                certificates.check_key(certificate, key)
+            except ValueError as problem:
+                self.add_error("private_key", str(problem))
+                return cleaned
+        cleaned["certificate"] = pem
+        # The certificate knows when it expires; no need to type it.
+        cleaned["credential_expires_at"] = certificate.not_valid_after_utc.date()
+        self.instance.credential_expires_at = cleaned["credential_expires_at"]
+        return cleaned
+
+
+def name_type(field: str) -> str:
+    """The credential type a write-only field belongs to."""
+    return (
+        Tenant.CredentialType.CERTIFICATE
+        if field == "private_key"
+        else Tenant.CredentialType.SECRET
+    )
 
 
 @admin.register(Tenant)
@@ -80,6 +151,7 @@ class TenantAdmin(admin.ModelAdmin):
     filter_horizontal = ["viewers", "viewer_groups"]
     actions = ["test_connection", "fetch_now"]
     readonly_fields = [
+        "thumbprint",
         "next_fetch_at",
         "last_score",
         "last_measured_at",
@@ -95,7 +167,20 @@ class TenantAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "slug", "enabled"]}),
         (
             "Credential (app registration)",
-            {"fields": ["tenant_id", "client_id", "client_secret", "cloud", "api_region"]},
+            {
+                "fields": [
+                    "tenant_id",
+                    "client_id",
+                    "cloud",
+                    "api_region",
+                    "credential_type",
+                    "client_secret",
+                    "certificate",
+                    "thumbprint",
+                    "private_key",
+                    "credential_expires_at",
+                ]
+            },
         ),
         ("Schedule", {"fields": ["fetch_interval_minutes", "next_fetch_at"]}),
         (
@@ -123,6 +208,15 @@ class TenantAdmin(admin.ModelAdmin):
         ),
     ]
 
+    @admin.display(description="Certificate thumbprint (SHA-1, as Entra ID shows it)")
+    def thumbprint(self, tenant: Tenant) -> str:
+        if not tenant.certificate:
+            return "—"
+        try:
+            return certificates.thumbprint(certificates.load(tenant.certificate))
+        except ValueError:
+            return "the stored certificate cannot be read"
+
     @admin.display(description="Last score", ordering="last_score")
     def score(self, tenant: Tenant) -> str:
         return "—" if tenant.last_score is None else f"{tenant.last_score:g}"
@@ -149,6 +243,9 @@ class TenantAdmin(admin.ModelAdmin):
                 kind,
                 tenant.last_error_summary,
             )
+        warning = tenant.credential_warning()
+        if warning:
+            return format_html('<span class="health health-warning">{}</span>', warning)
         if tenant.last_success_at is None:
             return format_html('<span class="health">{}</span>', "waiting for first fetch")
         return format_html('<span class="health health-ok">{}</span>', "ok")

@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from tenants import clouds
 from tenants.crypto import EncryptedTextField
+
+EXPIRY_WARNING_DAYS = 14
 
 
 class Tenant(models.Model):
@@ -25,8 +27,29 @@ class Tenant(models.Model):
         "Client ID",
         help_text="Application (client) ID of the app registration, a GUID.",
     )
+
+    class CredentialType(models.TextChoices):
+        SECRET = "secret", "Client secret"
+        CERTIFICATE = "certificate", "Certificate"
+
+    credential_type = models.CharField(
+        max_length=12, choices=CredentialType.choices, default=CredentialType.SECRET
+    )
     client_secret = EncryptedTextField(
         blank=True, help_text="Stored encrypted; never shown again once saved."
+    )
+    certificate = models.TextField(
+        blank=True, default="", help_text="The app registration's certificate (public, PEM)."
+    )
+    private_key = EncryptedTextField(
+        blank=True, help_text="The certificate's private key (PEM), stored encrypted."
+    )
+    credential_expires_at = models.DateField(
+        "credential expires",
+        null=True,
+        blank=True,
+        help_text="When the secret or certificate expires (read from a certificate). "
+        f"Health warns {EXPIRY_WARNING_DAYS} days before.",
     )
     cloud = models.CharField(max_length=20, choices=clouds.CLOUD_CHOICES, default="commercial")
     api_region = models.CharField(
@@ -123,6 +146,22 @@ class Tenant(models.Model):
         """The cause in a few words: the first sentence of the stored error, without the name."""
         text = self.last_error.removeprefix(f"{self.name}: ")
         return text.split(". ")[0].rstrip(".")
+
+    def credential_warning(self, today: date | None = None) -> str:
+        """A warning when the secret or certificate expires soon (or did)."""
+        if self.credential_expires_at is None:
+            return ""
+        today = today or timezone.now().date()
+        what = "certificate" if self.credential_type == "certificate" else "client secret"
+        days = (self.credential_expires_at - today).days
+        if days < 0:
+            return f"the {what} expired on {self.credential_expires_at:%Y-%m-%d}"
+        if days <= EXPIRY_WARNING_DAYS:
+            return (
+                f"the {what} expires on {self.credential_expires_at:%Y-%m-%d} "
+                f"(in {days} day{'s' if days != 1 else ''}): create a new one"
+            )
+        return ""
 
     def health_label(self) -> str:
         if not self.enabled:

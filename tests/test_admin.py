@@ -27,6 +27,7 @@ def form_data(**overrides) -> dict:
         "enabled": "on",
         "tenant_id": str(uuid.uuid4()),
         "client_id": str(uuid.uuid4()),
+        "credential_type": "secret",
         "client_secret": PLANTED_SECRET,
         "cloud": "commercial",
         "api_region": "",
