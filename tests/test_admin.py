@@ -216,3 +216,37 @@ def test_fetch_health_is_for_staff_only(client, make_tenant):
     response = client.get(reverse("admin:tenants_fetchhealth_changelist"))
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_admin_pages_show_a_banner_while_the_simulator_is_on(staff_client, settings):
+    settings.SCOREBOARD_SIMULATOR_URL = "https://127.0.0.1:8443"
+    html = staff_client.get(reverse("admin:index")).content.decode()
+    assert 'id="simulator-banner"' in html
+    assert "Unset it in production" in html
+    settings.SCOREBOARD_SIMULATOR_URL = ""
+    assert 'id="simulator-banner"' not in staff_client.get(reverse("admin:index")).content.decode()
+
+
+def test_the_simulator_is_announced_at_start_when_debug_is_off(settings, caplog):
+    from django.apps import apps
+
+    settings.SCOREBOARD_SIMULATOR_URL = "https://127.0.0.1:8443"
+    settings.DEBUG = False
+    apps.get_app_config("scoreboard").ready()
+    assert "SCOREBOARD_SIMULATOR_URL is set" in caplog.text
+
+
+def test_nothing_an_admin_enters_points_a_tenant_at_another_host(staff_client, settings):
+    """Tenant id and client id are GUIDs, cloud and region are choices: no URL to enter."""
+    settings.SCOREBOARD_SIMULATOR_URL = ""
+    for field, value in [
+        ("tenant_id", "evil.example.com"),
+        ("tenant_id", "../../evil.example.com/x"),
+        ("client_id", "https://evil.example.com"),
+        ("cloud", "https://evil.example.com"),
+        ("cloud", "simulator"),
+        ("api_region", "evil.example.com"),
+    ]:
+        response = staff_client.post(ADD_URL, form_data(**{field: value}))
+        assert response.status_code == 200, (field, value)
+    assert not Tenant.objects.exists()

@@ -1,4 +1,5 @@
 from django import template
+from django.conf import settings
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -27,3 +28,15 @@ def score(value: float | None) -> str:
 @register.filter
 def sort_value(value: float | None) -> str:
     return "" if value is None else repr(value)
+
+
+@register.simple_tag
+def simulator_notice() -> str:
+    """A warning for admin pages while the simulator cloud is switched on."""
+    url = settings.SCOREBOARD_SIMULATOR_URL
+    if not url:
+        return ""
+    return (
+        f"The simulator cloud is on (SCOREBOARD_SIMULATOR_URL={url}): tenants on it read "
+        "made-up scores. Unset it in production."
+    )
