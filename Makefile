@@ -6,7 +6,7 @@ MANAGE := $(BIN)/python manage.py
 SIM_PORT ?= 8443
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev-install setup demo run test lint format browser clean
+.PHONY: help install dev-install setup demo run test lint format browser clean bench
 
 help:
 	@echo "make demo     try Scoreboard with three simulated tenants (http://127.0.0.1:8000/)"
@@ -64,6 +64,19 @@ lint: dev-install
 format: dev-install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The MSSP-scale benchmark (docs/benchmarks.md) on the configured database (DATABASE_URL).
+BENCH_TENANTS ?= 1000
+BENCH_DAYS ?= 730
+BENCH_PER_DAY ?= 24
+BENCH_FETCH_TENANTS ?= 1000
+BENCH_FETCH_THREADS ?= 50
+BENCH_JSON ?= var/bench.json
+bench: install .env
+	$(MANAGE) migrate --noinput
+	$(MANAGE) bench --tenants $(BENCH_TENANTS) --days $(BENCH_DAYS) --per-day $(BENCH_PER_DAY) \
+		--fetch-tenants $(BENCH_FETCH_TENANTS) --fetch-threads $(BENCH_FETCH_THREADS) \
+		--json $(BENCH_JSON) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var staticfiles

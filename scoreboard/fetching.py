@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from scoreboard import defender
 from scoreboard.defender import DefenderError, ErrorKind
-from scoreboard.models import FetchAttempt, Metric, Reading
+from scoreboard.models import DispatcherHeartbeat, FetchAttempt, Metric, Reading
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def dispatch_due_fetches(*, now: datetime | None = None) -> int:
                 dispatched += 1
     if dispatched:
         log.info("dispatched %d fetch(es)", dispatched)
+    DispatcherHeartbeat.record()
     return dispatched
 
 

@@ -7,17 +7,21 @@ and the number of queries does not grow with the number of tenants.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from django.db.models import Avg, Max, Min, OuterRef, QuerySet, Subquery
+from django.db import connections
+from django.db.models import Count, Max, Min, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import TruncDay, TruncWeek
 
 from scoreboard.defender import ErrorKind
-from scoreboard.models import Metric, Reading
+from scoreboard.models import DailyScore, Metric, Reading
 from tenants.models import Tenant
 
 PRESETS: dict[str, int | None] = {"7d": 7, "30d": 30, "90d": 90, "1y": 365, "all": None}
@@ -95,9 +99,13 @@ def parse_period(params: Mapping[str, str], *, now: datetime, earliest: datetime
 
 
 def earliest_reading(tenants: QuerySet[Tenant]) -> datetime | None:
-    return Reading.objects.filter(tenant__in=tenants, metric=Metric.SECURE_SCORE).aggregate(
-        first=Min("measured_at")
-    )["first"]
+    # One index probe per tenant: a MIN over all their readings would read them all.
+    first = Subquery(
+        Reading.objects.filter(tenant=OuterRef("pk"), metric=Metric.SECURE_SCORE)
+        .order_by("measured_at")
+        .values("measured_at")[:1]
+    )
+    return tenants.order_by().annotate(first=first).aggregate(earliest=Min("first"))["earliest"]
 
 
 def bucket_for(span: timedelta) -> str:
@@ -118,14 +126,67 @@ def _in_period(period: Period) -> QuerySet[Reading]:
     )
 
 
-def _bucketed(readings: QuerySet[Reading], bucket: str) -> QuerySet:
-    trunc = TruncWeek if bucket == "week" else TruncDay
-    return (
-        readings.annotate(bucket=trunc("measured_at", tzinfo=UTC))
-        .values("tenant_id", "bucket")
-        .annotate(low=Min("value"), mean=Avg("value"), high=Max("value"))
-        .order_by("tenant_id", "bucket")
+# Long ranges read the daily rollup (DailyScore) for the whole UTC days of the range
+# and the raw readings only for the part days at either end, so every bucket holds
+# exactly the readings of the range, as if it had been summed from the readings.
+
+
+def _whole_days(period: Period) -> tuple[datetime, datetime]:
+    """The first and the end (exclusive) of the whole UTC days inside the period."""
+    first = _midnight(period.start.date())
+    if first < period.start:
+        first += timedelta(days=1)
+    end = _midnight(period.end.date())
+    return first, max(first, end)
+
+
+Stats = list  # [count, total, low, high]
+
+
+def _bucket_stats(
+    *, tenants: QuerySet[Tenant] | Iterable[int], period: Period, bucket: str
+) -> dict[tuple[int, datetime], Stats]:
+    """Per (tenant id, day or week start): the count, sum, minimum and maximum of its readings."""
+    first, end = _whole_days(period)
+    rolled = DailyScore.objects.filter(
+        metric=Metric.SECURE_SCORE, tenant_id__in=tenants, day__gte=first.date(), day__lt=end.date()
     )
+    if bucket == "week":
+        rolled = (
+            rolled.annotate(bucket=TruncWeek("day"))
+            .values("tenant_id", "bucket")
+            .annotate(n=Sum("count"), total=Sum("total"), low=Min("low"), high=Max("high"))
+            .values_list("tenant_id", "bucket", "n", "total", "low", "high")
+        )
+    else:  # one rollup row is one bucket already
+        rolled = rolled.values_list("tenant_id", "day", "count", "total", "low", "high")
+    rolled = rolled.order_by()
+    trunc = TruncWeek if bucket == "week" else TruncDay
+    ends = (
+        _in_period(period)
+        .filter(tenant_id__in=tenants)
+        .filter(Q(measured_at__lt=first) | Q(measured_at__gte=end))
+        .annotate(bucket=trunc("measured_at", tzinfo=UTC))
+        .values("tenant_id", "bucket")
+        .annotate(n=Count("id"), total=Sum("value"), low=Min("value"), high=Max("value"))
+        .values_list("tenant_id", "bucket", "n", "total", "low", "high")
+        .order_by()
+    )
+    stats: dict[tuple[int, datetime], Stats] = {}
+    for tenant_id, day, n, total, low, high in rolled:
+        stats[(tenant_id, _midnight(day))] = [n, total, low, high]
+    for tenant_id, moment, n, total, low, high in ends:
+        key = (tenant_id, moment.astimezone(UTC))
+        if key in stats:
+            known = stats[key]
+            stats[key] = [known[0] + n, known[1] + total, min(known[2], low), max(known[3], high)]
+        else:
+            stats[key] = [n, total, low, high]
+    return stats
+
+
+def _mean(stats: Stats) -> float:
+    return stats[1] / stats[0]
 
 
 # --- Overview -------------------------------------------------------------------
@@ -207,8 +268,14 @@ def sparklines(*, tenants: QuerySet[Tenant], now: datetime) -> dict[str, list[li
     period = Period("30d", now - timedelta(days=SPARKLINE_DAYS), now)
     slugs = dict(tenants.values_list("pk", "slug"))
     series: dict[str, list[list]] = {slug: [] for slug in slugs.values()}
-    for row in _bucketed(_in_period(period).filter(tenant__in=tenants), "day"):
-        series[slugs[row["tenant_id"]]].append([_iso(row["bucket"]), round(row["mean"], 2)])
+    if connections[tenants.db].vendor == "postgresql":
+        rows = _per_tenant_rows(_SPARKLINES_SQL, tenants=tenants, period=period, bucket="day")
+        for tenant_id, points in rows:
+            series[slugs[tenant_id]] = json.loads(points) if isinstance(points, str) else points
+        return series
+    stats = _bucket_stats(tenants=tenants, period=period, bucket="day")
+    for tenant_id, moment in sorted(stats):
+        series[slugs[tenant_id]].append([_iso(moment), round(_mean(stats[tenant_id, moment]), 2)])
     return series
 
 
@@ -226,8 +293,9 @@ def _tenant_lines(tenants: Iterable[Tenant], period: Period, bucket: str) -> lis
         for tenant_id, measured_at, value in rows:
             points[tenant_id].append([_iso(measured_at), value])
     else:
-        for row in _bucketed(readings, bucket):
-            points[row["tenant_id"]].append([_iso(row["bucket"]), round(row["mean"], 2)])
+        stats = _bucket_stats(tenants=list(chosen), period=period, bucket=bucket)
+        for tenant_id, moment in sorted(stats):
+            points[tenant_id].append([_iso(moment), round(_mean(stats[tenant_id, moment]), 2)])
     return [
         {"name": tenant.name, "slug": tenant.slug, "points": points[tenant.pk]}
         for tenant in sorted(chosen.values(), key=lambda t: t.name.lower())
@@ -244,9 +312,11 @@ def percentile(ordered: list[float], fraction: float) -> float:
 
 def fleet_band(*, tenants: QuerySet[Tenant], period: Period, bucket: str) -> list[list]:
     """Per bucket: [time, p10, median, p90] over the tenants' bucket means."""
+    if connections[tenants.db].vendor == "postgresql":
+        return _fleet_band_postgresql(tenants=tenants, period=period, bucket=bucket)
     per_bucket: dict[datetime, list[float]] = defaultdict(list)
-    for row in _bucketed(_in_period(period).filter(tenant__in=tenants), bucket):
-        per_bucket[row["bucket"]].append(row["mean"])
+    for (_, moment), stats in _bucket_stats(tenants=tenants, period=period, bucket=bucket).items():
+        per_bucket[moment].append(_mean(stats))
     band = []
     for moment in sorted(per_bucket):
         values = sorted(per_bucket[moment])
@@ -255,6 +325,77 @@ def fleet_band(*, tenants: QuerySet[Tenant], period: Period, bucket: str) -> lis
             + [round(percentile(values, fraction), 2) for fraction in (0.1, 0.5, 0.9)]
         )
     return band
+
+
+# Per tenant and bucket on PostgreSQL: the rollup's whole days plus the part days at either
+# end, summed. The dashboard's all-tenant queries build on it and aggregate in the database.
+_PER_TENANT_SQL = """
+WITH parts AS (
+    SELECT tenant_id, date_trunc(%(unit)s, day::timestamp) AS bucket, count AS n, total
+    FROM scoreboard_dailyscore
+    WHERE metric = %(metric)s AND day >= %(first_day)s AND day < %(end_day)s
+      AND tenant_id IN ({tenants})
+    UNION ALL
+    SELECT tenant_id, date_trunc(%(unit)s, measured_at AT TIME ZONE 'UTC'), count(*), sum(value)
+    FROM scoreboard_reading
+    WHERE metric = %(metric)s AND tenant_id IN ({tenants})
+      AND ((measured_at >= %(start)s AND measured_at < %(first)s)
+        OR (measured_at >= %(end)s AND measured_at < %(stop)s))
+    GROUP BY 1, 2
+), per_tenant AS ({per_tenant})
+"""
+# Daily buckets: the whole days and the part days never share a bucket, so each part is a
+# bucket already. Weekly ones are summed over their parts.
+_DAILY_MEANS = "SELECT tenant_id, bucket, total / n AS mean FROM parts"
+_SUMMED_MEANS = "SELECT tenant_id, bucket, sum(total) / sum(n) AS mean FROM parts GROUP BY 1, 2"
+
+_FLEET_BAND_SQL = """
+SELECT bucket, percentile_cont(ARRAY[0.1, 0.5, 0.9]) WITHIN GROUP (ORDER BY mean)
+FROM per_tenant GROUP BY bucket ORDER BY bucket
+"""
+
+# One JSON array per tenant, written by the database: [["2026-11-03T00:00:00Z", 512.3], ...].
+_SPARKLINES_SQL = """
+SELECT tenant_id, json_agg(json_build_array(
+    to_char(bucket, 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), round(mean::numeric, 2)) ORDER BY bucket)
+FROM per_tenant GROUP BY tenant_id
+"""
+
+
+def _per_tenant_rows(
+    select: str, *, tenants: QuerySet[Tenant], period: Period, bucket: str
+) -> list[tuple]:
+    first, end = _whole_days(period)
+    tenant_sql, tenant_params = tenants.order_by().values("pk").query.sql_with_params()
+    # The tenant subquery's own %s placeholders become named ones, used twice.
+    names = {f"tenant_{n}": value for n, value in enumerate(tenant_params)}
+    tenant_sql = tenant_sql % tuple(f"%({name})s" for name in names)
+    params = {
+        "unit": "week" if bucket == "week" else "day",
+        "metric": Metric.SECURE_SCORE,
+        "first_day": first.date(),
+        "end_day": end.date(),
+        "start": period.start,
+        "first": first,
+        "end": end,
+        "stop": period.end,
+        **names,
+    }
+    with connections[tenants.db].cursor() as cursor:
+        per_tenant = _SUMMED_MEANS if bucket == "week" else _DAILY_MEANS
+        cursor.execute(
+            _PER_TENANT_SQL.format(tenants=tenant_sql, per_tenant=per_tenant) + select, params
+        )
+        return cursor.fetchall()
+
+
+def _fleet_band_postgresql(*, tenants: QuerySet[Tenant], period: Period, bucket: str) -> list[list]:
+    """The fleet band in one query: the rollup and the part days, percentiles in the database."""
+    rows = _per_tenant_rows(_FLEET_BAND_SQL, tenants=tenants, period=period, bucket=bucket)
+    return [
+        [_iso(moment.replace(tzinfo=UTC)), *(round(value, 2) for value in percentiles)]
+        for moment, percentiles in rows
+    ]
 
 
 def trend_data(*, tenants: QuerySet[Tenant], period: Period, picked: Iterable[Tenant] = ()) -> dict:
@@ -291,9 +432,10 @@ def tenant_chart(*, tenant: Tenant, period: Period) -> dict:
         rows = readings.order_by("measured_at").values_list("measured_at", "value")
         return {**data, "bucket": "raw", "points": [[_iso(m), v] for m, v in rows]}
     bucket = "week" if period.span > WEEKLY_SPAN else "day"
+    stats = _bucket_stats(tenants=[tenant.pk], period=period, bucket=bucket)
     points = [
-        [_iso(row["bucket"]), round(row["low"], 2), round(row["mean"], 2), round(row["high"], 2)]
-        for row in _bucketed(readings, bucket)
+        [_iso(moment), round(low, 2), round(total / n, 2), round(high, 2)]
+        for (_, moment), (n, total, low, high) in sorted(stats.items())
     ]
     return {**data, "bucket": bucket, "points": points}
 
@@ -335,3 +477,84 @@ def export_rows(*, tenants: QuerySet[Tenant], period: Period | None) -> Iterator
         chunk_size=5000
     ):
         yield (name, slug, str(azure_id), metric, _iso(measured_at), value, _iso(fetched_at))
+
+
+# Spreadsheets run cell text that starts with these as a formula (OWASP CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+EXPORT_CHUNK_BYTES = 256 * 1024
+
+_EXPORT_COPY_SQL = """
+COPY (
+    SELECT {name}, {slug}, t.tenant_id::text, r.metric,
+           to_char(r.measured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+           r.value,
+           to_char(r.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+    FROM scoreboard_reading r JOIN tenants_tenant t ON t.id = r.tenant_id
+    WHERE r.metric = %(metric)s AND r.tenant_id IN ({tenants}) {period}
+    ORDER BY t.name, t.id, r.measured_at
+) TO STDOUT WITH (FORMAT csv)
+"""
+
+
+def _neutralised_sql(column: str) -> str:
+    triggers = ", ".join(
+        f"chr({ord(char)})" if char in "\t\r" else f"'{char}'" for char in FORMULA_TRIGGERS
+    )
+    return f"CASE WHEN left({column}, 1) IN ({triggers}) THEN '''' || {column} ELSE {column} END"
+
+
+def neutralise(value: object) -> object:
+    """Text a spreadsheet would run as a formula gets a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def export_csv(*, tenants: QuerySet[Tenant], period: Period | None) -> Iterator[bytes]:
+    """The export as CSV bytes in chunks of about 256 KB: the header, then `export_rows`.
+
+    On PostgreSQL the database writes the CSV itself (COPY TO STDOUT), so the export
+    runs at the speed of a COPY; elsewhere the rows go through the csv module. Either
+    way text cells are neutralised and lines end with a line feed.
+    """
+    if connections[tenants.db].vendor == "postgresql":
+        yield from _export_csv_postgresql(tenants=tenants, period=period)
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(EXPORT_HEADER)
+    for row in export_rows(tenants=tenants, period=period):
+        writer.writerow([neutralise(value) for value in row])
+        if buffer.tell() >= EXPORT_CHUNK_BYTES:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+def _export_csv_postgresql(*, tenants: QuerySet[Tenant], period: Period | None) -> Iterator[bytes]:
+    tenant_sql, tenant_params = tenants.order_by().values("pk").query.sql_with_params()
+    names = {f"tenant_{n}": value for n, value in enumerate(tenant_params)}
+    params: dict[str, object] = {"metric": Metric.SECURE_SCORE, **names}
+    in_period = ""
+    if period is not None:
+        in_period = "AND r.measured_at >= %(start)s AND r.measured_at < %(end)s"
+        params.update(start=period.start, end=period.end)
+    statement = _EXPORT_COPY_SQL.format(
+        name=_neutralised_sql("t.name"),
+        slug=_neutralised_sql("t.slug"),
+        tenants=tenant_sql % tuple(f"%({name})s" for name in names),
+        period=in_period,
+    )
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(EXPORT_HEADER)
+    chunk = bytearray(header.getvalue().encode())
+    # libpq hands over one row at a time: gather them so the response sends large chunks.
+    # Django's cursor wrapper passes no parameters to copy(): use psycopg's own cursor.
+    with connections[tenants.db].cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
+        for row in copy:
+            chunk += row
+            if len(chunk) >= EXPORT_CHUNK_BYTES:
+                yield bytes(chunk)
+                chunk.clear()
+    yield bytes(chunk)

@@ -34,7 +34,18 @@ if SECRET_KEY.strip().lower() in _PLACEHOLDER_SECRET_KEYS or len(SECRET_KEY) < 3
         )
     SECRET_KEY = SECRET_KEY or "insecure-development-key-only-for-debug-mode-0123456789"
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# Outside DEBUG the host names are required: a default would either refuse the
+# real name or, worse, accept a Host header the operator never meant to serve.
+ALLOWED_HOSTS = [host.strip() for host in env.list("ALLOWED_HOSTS", default=[]) if host.strip()]
+if not ALLOWED_HOSTS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "ALLOWED_HOSTS is not set. With DEBUG off it must name the host names the site is "
+            "served under, comma-separated, e.g. ALLOWED_HOSTS=scoreboard.example.com "
+            "(for a local install: ALLOWED_HOSTS=localhost,127.0.0.1). Put it in the "
+            "environment or in .env."
+        )
+    ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 
@@ -154,6 +165,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # libpq waits for ever by default: an unreachable server would hang /healthz and the
+    # workers instead of failing. A `connect_timeout` in DATABASE_URL wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -181,11 +195,16 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
 
-# HTTPS hardening is opt-in because `make run` serves plain HTTP on localhost.
+# HTTPS hardening is opt-in: `make run` serves plain HTTP on localhost, and only the
+# operator knows whether TLS ends at a proxy in front. The production .env.example
+# turns it on, and `manage.py check --deploy` warns while it is off.
 SCOREBOARD_HTTPS = env.bool("SCOREBOARD_HTTPS", default=False)
 SESSION_COOKIE_SECURE = SCOREBOARD_HTTPS
 CSRF_COOKIE_SECURE = SCOREBOARD_HTTPS
 SECURE_SSL_REDIRECT = SCOREBOARD_HTTPS
+# Load balancers and the container health check probe over plain HTTP; the answer
+# holds no secret, so it needs no redirect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_HSTS_SECONDS = 31536000 if SCOREBOARD_HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SCOREBOARD_HTTPS
 SECURE_HSTS_PRELOAD = SCOREBOARD_HTTPS
@@ -216,17 +235,6 @@ CONTENT_SECURITY_POLICY = {
 # so the demo needs nothing but Python; production points this at Redis.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 BROKER_DIR = VAR_DIR / "broker"
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(BROKER_DIR / "queue"),
-        "data_folder_out": str(BROKER_DIR / "queue"),
-        "processed_folder": str(BROKER_DIR / "processed"),
-        "store_processed": False,
-    }
-else:
-    # Longer than the longest retry countdown, so a delayed retry is not
-    # redelivered to a second worker while the first still holds it.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -234,16 +242,69 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Fetch tasks are idempotent (one reading per attempt, enforced by the database),
-# so a task lost with its worker may safely run again.
+# so a task lost with its worker, or with the worker's broker connection, may
+# safely run again: it is acknowledged only once it has run.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = 120
-CELERY_TASK_TIME_LIMIT = 180
+# How long the worker waits for a pool process that died to report back before
+# it redelivers that process's task (Celery's default is 10 s).
+CELERY_WORKER_LOST_WAIT = env.float("CELERY_WORKER_LOST_WAIT", default=10.0)
+# A fetch makes at most five calls (sign-in discovery, token, score, and after a 401
+# a fresh token and the score again; see scoreboard.defender), each bounded by the
+# connect and read timeouts. The soft limit leaves room for all five.
+CELERY_TASK_SOFT_TIME_LIMIT = int(
+    5 * (SCOREBOARD_HTTP_CONNECT_TIMEOUT + SCOREBOARD_HTTP_READ_TIMEOUT) + 30
+)
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 30
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 SCOREBOARD_DISPATCH_INTERVAL_SECONDS = env.float(
     "SCOREBOARD_DISPATCH_INTERVAL_SECONDS", default=60.0
 )
+if SCOREBOARD_DISPATCH_INTERVAL_SECONDS <= 0:
+    raise ImproperlyConfigured("SCOREBOARD_DISPATCH_INTERVAL_SECONDS must be more than 0.")
+# /healthz answers 503 when no dispatcher run finished for this long: beat, every
+# worker or the broker is down, or the workers are too far behind to dispatch.
+SCOREBOARD_DISPATCH_STALE_AFTER_SECONDS = max(300.0, 5 * SCOREBOARD_DISPATCH_INTERVAL_SECONDS)
+
+
+def longest_retry_countdown(*, max_tries: int, base_seconds: float, max_retry_after: int) -> float:
+    """The longest countdown scoreboard.fetching.retry_delay can give a fetch retry."""
+    if max_tries < 2:
+        return 0.0
+    # Throttling waits at most max_retry_after plus 5 s of jitter; the backoff doubles
+    # from base_seconds for each try before the last, plus up to 25% jitter.
+    return max(max_retry_after + 5.0, base_seconds * 2 ** (max_tries - 2) * 1.25)
+
+
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+        # Broadcast state (worker pings, purge); kombu puts it in the working
+        # folder otherwise.
+        "control_folder": str(BROKER_DIR / "control"),
+    }
+else:
+    # Redis hands a message that was delivered but not acknowledged to another worker
+    # after the visibility timeout. A retry sits unacknowledged in a worker for its
+    # countdown, may then wait for a busy process to finish a task, and is acknowledged
+    # only once it has run (acks late). The timeout outlasts all three, or a second
+    # worker would run the same retry while the first still holds it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(
+            longest_retry_countdown(
+                max_tries=SCOREBOARD_FETCH_MAX_TRIES,
+                base_seconds=SCOREBOARD_RETRY_BASE_SECONDS,
+                max_retry_after=SCOREBOARD_MAX_RETRY_AFTER,
+            )
+            + 2 * CELERY_TASK_TIME_LIMIT
+            + 300
+        )
+    }
 
 LOGGING = {
     "version": 1,

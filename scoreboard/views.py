@@ -1,16 +1,23 @@
 import csv
-from datetime import date
+import logging
+from datetime import date, timedelta
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
-from django.views.decorators.http import require_GET
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_safe
 
 from scoreboard import history
+from scoreboard.celery import broker_status
+from scoreboard.models import DispatcherHeartbeat
 from tenants import access
+
+log = logging.getLogger(__name__)
 
 READINGS_PER_PAGE = 50
 RECENT_ATTEMPTS = 20
@@ -124,11 +131,31 @@ def _export_name(slug: str, period: history.Period | None) -> str:
     return f"scoreboard-{who}-{period.start_date}-to-{last}.csv"
 
 
+@never_cache
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness for load balancers: no login, nothing about tenants."""
+    """Health for load balancers and the container check: no login, nothing about tenants.
+
+    503 names what is wrong: the database or the broker cannot be reached, or no
+    dispatcher run finished lately (beat, every worker or the broker is down; right
+    after an install, until beat's first dispatch has run).
+    """
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception:
-        return JsonResponse({"ok": False, "database": "unreachable"}, status=503)
-    return JsonResponse({"ok": True, "database": "ok"})
+        database = "ok"
+    except DatabaseError as error:
+        log.warning("health check: database unreachable: %s", error)
+        database = "unreachable: " + " ".join(str(error).split())[:200]
+    # A dead broker must not hold the probe longer than the prober waits.
+    broker = broker_status(timeout=2.0)
+    dispatcher = "unknown: the database is unreachable"
+    if database == "ok":
+        limit = timedelta(seconds=settings.SCOREBOARD_DISPATCH_STALE_AFTER_SECONDS)
+        try:
+            dispatcher = DispatcherHeartbeat.status(now=timezone.now(), limit=limit)
+        except DatabaseError as error:  # e.g. before `manage.py migrate` has run
+            dispatcher = "unknown: " + " ".join(str(error).split())[:200]
+    checks = {"database": database, "broker": broker, "dispatcher": dispatcher}
+    ok = all(value == "ok" for value in checks.values())
+    return JsonResponse({"ok": ok, **checks}, status=200 if ok else 503)

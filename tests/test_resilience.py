@@ -25,6 +25,7 @@ from tests.processes import Processes, child_env, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 FAST = {
+    "CELERY_WORKER_LOST_WAIT": "1",
     "SCOREBOARD_FETCH_MAX_TRIES": "3",
     "SCOREBOARD_HTTP_CONNECT_TIMEOUT": "1",
     "SCOREBOARD_HTTP_READ_TIMEOUT": "1",

@@ -323,3 +323,27 @@ def test_export_neutralises_formulas_but_keeps_numbers(staff_client, make_tenant
     rows = export_rows(staff_client.get(EXPORT))
     assert rows[1][0] == "'=HYPERLINK(1)"
     assert float(rows[1][5]) == 500.0
+
+
+@pytest.mark.parametrize("tenant_count", [1, 15])
+def test_tenant_page_queries_do_not_grow_with_tenants(
+    staff_client, make_tenant, django_assert_max_num_queries, tenant_count
+):
+    tenants = [make_tenant(name=f"Q {n}", slug=f"q-{n}") for n in range(tenant_count)]
+    for tenant in tenants:
+        add_readings(tenant, hours=20 * 24)
+    for preset in ("7d", "all"):
+        with django_assert_max_num_queries(11):
+            assert staff_client.get(tenant_url("q-0"), {"range": preset}).status_code == 200
+
+
+@pytest.mark.parametrize("tenant_count", [3, 12, 40])
+def test_overview_queries_stay_flat_for_every_range(
+    staff_client, make_tenant, django_assert_max_num_queries, tenant_count
+):
+    for n in range(tenant_count):
+        add_readings(make_tenant(name=f"R {n}", slug=f"r-{n}"), hours=10 * 24)
+    for preset in ("7d", "30d", "1y", "all"):
+        with django_assert_max_num_queries(14):
+            response = staff_client.get(OVERVIEW, {"range": preset, "pick": ["r-0", "r-1"]})
+            assert response.status_code == 200
