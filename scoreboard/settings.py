@@ -211,6 +211,13 @@ SECURE_HSTS_PRELOAD = SCOREBOARD_HTTPS
 if env.bool("SCOREBOARD_BEHIND_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
+# Sessions end after this many hours, signed in or not; a browser left open on a
+# shared screen does not stay logged in for Django's default two weeks.
+SESSION_COOKIE_AGE = int(env.float("SCOREBOARD_SESSION_HOURS", default=12) * 3600)
+# Where admin lives; move it off the well-known /admin/ if you like.
+SCOREBOARD_ADMIN_PATH = env.str("SCOREBOARD_ADMIN_PATH", default="admin/").strip("/") + "/"
+if SCOREBOARD_ADMIN_PATH == "/":
+    raise ImproperlyConfigured("SCOREBOARD_ADMIN_PATH must not be empty (default: admin/).")
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"

@@ -10,6 +10,7 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-for-the
 # A fixed key so a test can encrypt with it and a child process can decrypt.
 os.environ.setdefault("SCOREBOARD_ENCRYPTION_KEYS", "Z5w0E2o7m6xJY6h1a5X7Kt4Q3QO2kI6g1m1bW4zS0dA=")
 os.environ.setdefault("SCOREBOARD_RETRY_BASE_SECONDS", "0.2")
+os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 
 from scoreboard.settings import *  # noqa: F403
 from scoreboard.settings import STORAGES

@@ -88,3 +88,31 @@ def test_forms_need_a_csrf_token(viewer):
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(viewer)
     assert strict.post(reverse("logout")).status_code == 403
+
+
+def test_admin_can_live_at_another_path(settings, staff_client):
+    import importlib
+
+    from django.urls import clear_url_caches
+
+    import scoreboard.urls
+
+    settings.SCOREBOARD_ADMIN_PATH = "backstage/"
+    try:
+        importlib.reload(scoreboard.urls)
+        clear_url_caches()
+        assert reverse("admin:index") == "/backstage/"
+        assert staff_client.get("/backstage/").status_code == 200
+        assert staff_client.get("/admin/").status_code == 404
+    finally:
+        settings.SCOREBOARD_ADMIN_PATH = "admin/"
+        importlib.reload(scoreboard.urls)
+        clear_url_caches()
+    assert reverse("admin:index") == "/admin/"
+
+
+def test_sessions_expire(settings, viewer, client):
+    client.force_login(viewer)
+    assert client.get("/").status_code == 200
+    assert settings.SESSION_COOKIE_AGE == 12 * 3600
+    assert client.session.get_expiry_age() <= 12 * 3600

@@ -240,3 +240,35 @@ def test_phone_width_keeps_the_page_usable(live_server, browser, staff, three_te
     assert painted_pixels(page.page, "#trend-chart") > 500
     context.close()
     assert page.problems == []
+
+
+def test_every_page_runs_under_the_content_security_policy(
+    live_server, watched, staff, three_tenants
+):
+    """Console errors (a CSP violation is one) fail the test through `watched`."""
+    page = watched.page
+    log_in(page, live_server)
+    response = page.goto(f"{live_server.url}/")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "same-origin"
+    tenant = three_tenants[0]
+    for path in [
+        "/?range=90d",
+        "/?range=all",
+        f"/tenants/{tenant.slug}/?range=1y",
+        "/admin/",
+        "/admin/tenants/tenant/",
+        f"/admin/tenants/tenant/{tenant.pk}/change/",
+        "/admin/tenants/tenant/add/",
+        "/admin/tenants/fetchhealth/",
+        "/admin/scoreboard/fetchattempt/",
+        "/admin/scoreboard/reading/",
+    ]:
+        answer = page.goto(f"{live_server.url}{path}")
+        assert answer.status == 200, path
+        page.wait_for_load_state("networkidle")
+    assert watched.problems == []
