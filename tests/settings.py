@@ -23,3 +23,6 @@ STORAGES = {
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Unit tests run tasks in-process; the end-to-end tests start real workers.
 CELERY_TASK_ALWAYS_EAGER = True
+# Threads of the live server close their connection after each request, so the
+# test database can be dropped at the end.
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
