@@ -28,6 +28,7 @@ import requests
 import urllib3
 from django.conf import settings
 from django.db import models
+from requests.adapters import HTTPAdapter
 
 from tenants.clouds import Cloud, UnknownCloud, get_cloud
 from tenants.crypto import SecretUnreadable
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCORE_PATH = "/api/configurationScore"
+POOL_SIZE = 64  # connections kept per host: at least the worker's threads
 MAX_BODY_BYTES = 256 * 1024
 SNIPPET_CHARS = 200
 DEFAULT_RETRY_AFTER = 60
@@ -177,13 +179,24 @@ class _Session(requests.Session):
         self.verify = verify
         self.allowed_hosts = allowed_hosts
         self.max_redirects = 0
+        # A threaded worker shares this session: keep a connection per thread to
+        # each host instead of redoing TLS handshakes.
+        self.mount("https://", HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE))
+        self._proxies: dict[str, dict[str, str]] = {}
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        # The environment's proxy settings, looked up once per host.
+        netloc = urlsplit(url).netloc
+        if netloc not in self._proxies:
+            self._proxies[netloc] = requests.utils.get_environ_proxies(url)
+        return self._proxies[netloc]
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         parts = urlsplit(url)
         if parts.scheme != "https" or parts.netloc.lower() not in self.allowed_hosts:
             log.error("refused an outbound request to %s://%s", parts.scheme, parts.netloc)
             raise OutboundBlocked(f"{parts.scheme}://{parts.netloc} is not a host of this cloud")
-        kwargs.setdefault("proxies", requests.utils.get_environ_proxies(url))
+        kwargs.setdefault("proxies", self._proxies_for(url))
         kwargs.setdefault(
             "timeout",
             (settings.SCOREBOARD_HTTP_CONNECT_TIMEOUT, settings.SCOREBOARD_HTTP_READ_TIMEOUT),
