@@ -51,30 +51,45 @@ def _enqueue_on_commit(attempt_id: int) -> None:
 # --- Dispatch -------------------------------------------------------------------
 
 
-def due_tenants(*, now: datetime) -> list[tuple[int, datetime | None]]:
+DISPATCH_BATCH = 200
+
+
+def due_tenants(*, now: datetime) -> list[tuple[int, datetime | None, int]]:
+    """(id, next_fetch_at as seen, interval in minutes) of every enabled tenant that is due."""
     return list(
         Tenant.objects.filter(enabled=True)
         .filter(Q(next_fetch_at__isnull=True) | Q(next_fetch_at__lte=now))
         .order_by("next_fetch_at", "pk")
-        .values_list("pk", "next_fetch_at")
+        .values_list("pk", "next_fetch_at", "fetch_interval_minutes")
     )
 
 
 def claim(
-    *, tenant_id: int, seen_next_fetch_at: datetime | None, now: datetime, trigger: str
+    *,
+    tenant_id: int,
+    seen_next_fetch_at: datetime | None,
+    now: datetime,
+    trigger: str,
+    interval_minutes: int | None = None,
 ) -> FetchAttempt | None:
     """Claim one due tenant and create its attempt; None if another claimer won."""
     with transaction.atomic():
-        tenant = Tenant.objects.filter(pk=tenant_id).only("fetch_interval_minutes").first()
-        if tenant is None:
-            return None
+        if interval_minutes is None:
+            interval_minutes = (
+                Tenant.objects.filter(pk=tenant_id)
+                .values_list("fetch_interval_minutes", flat=True)
+                .first()
+            )
+            if interval_minutes is None:
+                return None
         due = seen_next_fetch_at or now
         claimed = Tenant.objects.filter(pk=tenant_id, enabled=True)
         if seen_next_fetch_at is None:
             claimed = claimed.filter(next_fetch_at__isnull=True)
         else:
             claimed = claimed.filter(next_fetch_at=seen_next_fetch_at)
-        if not claimed.update(next_fetch_at=tenant.next_due_after(due, now)):
+        next_due = Tenant(fetch_interval_minutes=interval_minutes).next_due_after(due, now)
+        if not claimed.update(next_fetch_at=next_due):
             return None
         attempt, created = FetchAttempt.objects.get_or_create(
             tenant_id=tenant_id, scheduled_for=due, defaults={"trigger": trigger}
@@ -85,22 +100,31 @@ def claim(
 
 
 def dispatch_due_fetches(*, now: datetime | None = None) -> int:
-    """Claim every due tenant, create its attempt, enqueue it. Returns how many."""
+    """Claim every due tenant, create its attempt, enqueue it. Returns how many.
+
+    Claims are committed in batches: one commit per tenant made a large fleet
+    wait on the disk once per tenant. Each claim is still its own
+    compare-and-swap, so a dispatcher running beside this one loses the
+    tenants this one won, and the other way round.
+    """
     now = now or timezone.now()
     expire_stale_attempts(now=now)
     requeue_stalled_attempts(now=now)
     dispatched = 0
-    for tenant_id, seen in due_tenants(now=now):
+    due = due_tenants(now=now)
+    for start in range(0, len(due), DISPATCH_BATCH):
         with transaction.atomic():
-            attempt = claim(
-                tenant_id=tenant_id,
-                seen_next_fetch_at=seen,
-                now=now,
-                trigger=FetchAttempt.Trigger.SCHEDULE,
-            )
-            if attempt is not None:
-                _enqueue_on_commit(attempt.pk)
-                dispatched += 1
+            for tenant_id, seen, interval in due[start : start + DISPATCH_BATCH]:
+                attempt = claim(
+                    tenant_id=tenant_id,
+                    seen_next_fetch_at=seen,
+                    now=now,
+                    trigger=FetchAttempt.Trigger.SCHEDULE,
+                    interval_minutes=interval,
+                )
+                if attempt is not None:
+                    _enqueue_on_commit(attempt.pk)
+                    dispatched += 1
     if dispatched:
         log.info("dispatched %d fetch(es)", dispatched)
     DispatcherHeartbeat.record()

@@ -59,12 +59,13 @@ class Command(BaseCommand):
             return [self._create(t) for t in Tenant.objects.filter(enabled=True).order_by("name")]
         now = timezone.now()
         claimed = []
-        for tenant_id, seen in fetching.due_tenants(now=now):
+        for tenant_id, seen, interval in fetching.due_tenants(now=now):
             attempt = fetching.claim(
                 tenant_id=tenant_id,
                 seen_next_fetch_at=seen,
                 now=now,
                 trigger=FetchAttempt.Trigger.COMMAND,
+                interval_minutes=interval,
             )
             if attempt is not None:
                 claimed.append(attempt)
