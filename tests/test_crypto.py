@@ -78,3 +78,14 @@ def test_rotation_with_an_unreadable_secret_changes_nothing(make_tenant, setting
         call_command("rotate_encryption_keys")
     for pk, ciphertext in before.items():
         assert Tenant.objects.get(pk=pk).client_secret.ciphertext == ciphertext
+
+
+def test_a_wrong_key_stops_the_start_with_a_clear_message(make_tenant, settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    make_tenant(name="Contoso", client_secret="s3cr3t-value")
+    call_command("check")  # the right key: no error
+    settings.SCOREBOARD_ENCRYPTION_KEYS = [OTHER_KEY]
+    with pytest.raises(SystemCheckError, match=r"cannot decrypt the stored secret of Contoso"):
+        call_command("check")
