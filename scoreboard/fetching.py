@@ -64,31 +64,39 @@ def due_tenants(*, now: datetime) -> list[tuple[int, datetime | None, int]]:
     )
 
 
+def next_due_after(due: datetime, now: datetime, *, interval_minutes: int) -> datetime:
+    """The first slot after `now` on the tenant's grid, which starts at `due`.
+
+    Staying on the grid keeps readings evenly spaced; skipping the slots
+    missed during downtime means one catch-up fetch, not a burst.
+    """
+    if due > now:
+        return due
+    interval = timedelta(minutes=interval_minutes)
+    missed = (now - due) // interval
+    return due + (missed + 1) * interval
+
+
 def claim(
     *,
     tenant_id: int,
     seen_next_fetch_at: datetime | None,
+    interval_minutes: int,
     now: datetime,
     trigger: str,
-    interval_minutes: int | None = None,
 ) -> FetchAttempt | None:
-    """Claim one due tenant and create its attempt; None if another claimer won."""
+    """Claim one due tenant (as `due_tenants` saw it) and create its attempt.
+
+    None if another claimer won.
+    """
     with transaction.atomic():
-        if interval_minutes is None:
-            interval_minutes = (
-                Tenant.objects.filter(pk=tenant_id)
-                .values_list("fetch_interval_minutes", flat=True)
-                .first()
-            )
-            if interval_minutes is None:
-                return None
         due = seen_next_fetch_at or now
         claimed = Tenant.objects.filter(pk=tenant_id, enabled=True)
         if seen_next_fetch_at is None:
             claimed = claimed.filter(next_fetch_at__isnull=True)
         else:
             claimed = claimed.filter(next_fetch_at=seen_next_fetch_at)
-        next_due = Tenant(fetch_interval_minutes=interval_minutes).next_due_after(due, now)
+        next_due = next_due_after(due, now, interval_minutes=interval_minutes)
         if not claimed.update(next_fetch_at=next_due):
             return None
         attempt, created = FetchAttempt.objects.get_or_create(

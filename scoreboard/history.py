@@ -12,7 +12,7 @@ import io
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -71,17 +71,25 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
-def parse_period(params: Mapping[str, str], *, now: datetime, earliest: datetime | None) -> Period:
+def parse_period(
+    params: Mapping[str, str],
+    *,
+    now: datetime,
+    earliest: Callable[[], datetime | None],
+) -> Period:
     """The range asked for by `range` (a preset) or `start`/`end` (YYYY-MM-DD, UTC days).
 
     Dates win over a preset; one date alone is completed with today or the
-    first reading.
+    first reading. `earliest` is asked only when the range needs it ("all", or
+    a missing start date), so the common presets cost no query.
     """
     start_text = (params.get("start") or "").strip()
     end_text = (params.get("end") or "").strip()
     if start_text or end_text:
-        first = earliest or now - timedelta(days=30)
-        start = _parse_date(start_text, "start") if start_text else first.date()
+        if start_text:
+            start = _parse_date(start_text, "start")
+        else:
+            start = (earliest() or now - timedelta(days=30)).date()
         last = _parse_date(end_text, "end") if end_text else now.date()
         if start > last:
             raise InvalidPeriod(f"The start date {start} is after the end date {last}: swap them.")
@@ -93,7 +101,7 @@ def parse_period(params: Mapping[str, str], *, now: datetime, earliest: datetime
         )
     days = PRESETS[key]
     if days is None:
-        start = earliest or now - timedelta(days=30)
+        start = earliest() or now - timedelta(days=30)
         return Period(key, min(start, now - timedelta(days=1)), now)
     return Period(key, now - timedelta(days=days), now)
 

@@ -1,9 +1,10 @@
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from tenants import clouds
@@ -125,22 +126,6 @@ class Tenant(models.Model):
     def is_failing(self) -> bool:
         return self.consecutive_failures > 0
 
-    def is_due(self, now: datetime | None = None) -> bool:
-        now = now or timezone.now()
-        return self.enabled and (self.next_fetch_at is None or self.next_fetch_at <= now)
-
-    def next_due_after(self, due: datetime, now: datetime) -> datetime:
-        """The first slot after `now` on this tenant's grid, which starts at `due`.
-
-        Staying on the grid keeps readings evenly spaced; skipping the slots
-        missed during downtime means one catch-up fetch, not a burst.
-        """
-        interval = timedelta(minutes=self.fetch_interval_minutes)
-        if due > now:
-            return due
-        missed = (now - due) // interval
-        return due + (missed + 1) * interval
-
     @property
     def last_error_summary(self) -> str:
         """The cause in a few words: the first sentence of the stored error, without the name."""
@@ -163,17 +148,12 @@ class Tenant(models.Model):
             )
         return ""
 
-    def health_label(self) -> str:
-        if not self.enabled:
-            return "disabled"
-        if self.is_failing:
-            return f"failing: {self.last_error_kind}"
-        if self.last_success_at is None:
-            return "waiting for first fetch"
-        return "ok"
-
     def record_success(self, *, value: float, measured_at: datetime, at: datetime) -> None:
-        """Store the outcome of a successful attempt on this row (only newer readings)."""
+        """Store the outcome of a successful attempt on this row, in one UPDATE."""
+        # A late retry must not replace a newer score with an older one.
+        newer = models.Q(last_measured_at__isnull=True) | models.Q(
+            last_measured_at__lte=measured_at
+        )
         updates = {
             "last_success_at": at,
             "consecutive_failures": 0,
@@ -182,36 +162,40 @@ class Tenant(models.Model):
             "last_error": "",
             "last_error_correlation_id": "",
         }
-        Tenant.objects.filter(pk=self.pk).update(**updates)
-        # A late retry must not replace a newer score with an older one.
-        Tenant.objects.filter(pk=self.pk).filter(
-            models.Q(last_measured_at__isnull=True) | models.Q(last_measured_at__lte=measured_at)
-        ).update(last_score=value, last_measured_at=measured_at)
+        Tenant.objects.filter(pk=self.pk).update(
+            **updates,
+            last_score=models.Case(
+                models.When(newer, then=models.Value(float(value))),
+                default=models.F("last_score"),
+                output_field=models.FloatField(),
+            ),
+            last_measured_at=models.Case(
+                models.When(newer, then=models.Value(measured_at)),
+                default=models.F("last_measured_at"),
+                output_field=models.DateTimeField(),
+            ),
+        )
         for field, new in updates.items():
             setattr(self, field, new)
 
     def record_failure(
         self, *, kind: str, message: str, at: datetime, correlation_id: str = ""
     ) -> None:
-        """Store the outcome of a failed attempt on this row."""
+        """Store the outcome of a failed attempt on this row, in one UPDATE."""
         Tenant.objects.filter(pk=self.pk).update(
             last_error_at=at,
             last_error_kind=kind,
             last_error=message,
             last_error_correlation_id=correlation_id,
             consecutive_failures=models.F("consecutive_failures") + 1,
+            failing_since=Coalesce(models.F("failing_since"), models.Value(at)),
         )
-        Tenant.objects.filter(pk=self.pk, failing_since__isnull=True).update(failing_since=at)
-        self.refresh_from_db(
-            fields=[
-                "last_error_at",
-                "last_error_kind",
-                "last_error",
-                "last_error_correlation_id",
-                "consecutive_failures",
-                "failing_since",
-            ]
-        )
+        # The counter and the start of the failure run were computed by the database.
+        self.refresh_from_db(fields=["consecutive_failures", "failing_since"])
+        self.last_error_at = at
+        self.last_error_kind = kind
+        self.last_error = message
+        self.last_error_correlation_id = correlation_id
 
 
 class FetchHealth(Tenant):

@@ -67,18 +67,24 @@ class Processes:
             timeout=60,
         )
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start a process in its own session, its output in `<logs>/<name>.log`."""
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
         process = subprocess.Popen(
-            [CELERY, "-A", "scoreboard", *args],
+            argv,
             cwd=BASE_DIR,
-            env=self.env,
+            env=self.env if env is None else env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.running.append((name, process))
         return process
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        return self.spawn(name, [CELERY, "-A", "scoreboard", *args])
 
     def worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen:
         return self.start(

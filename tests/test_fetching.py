@@ -186,10 +186,18 @@ def test_a_stale_claim_loses(make_tenant):
     tenant = make_tenant(next_fetch_at=now - timedelta(minutes=1))
     seen = tenant.next_fetch_at
     first = fetching.claim(
-        tenant_id=tenant.pk, seen_next_fetch_at=seen, now=now, trigger="schedule"
+        tenant_id=tenant.pk,
+        seen_next_fetch_at=seen,
+        interval_minutes=60,
+        now=now,
+        trigger="schedule",
     )
     second = fetching.claim(
-        tenant_id=tenant.pk, seen_next_fetch_at=seen, now=now, trigger="schedule"
+        tenant_id=tenant.pk,
+        seen_next_fetch_at=seen,
+        interval_minutes=60,
+        now=now,
+        trigger="schedule",
     )
     assert first is not None
     assert second is None

@@ -11,11 +11,9 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +28,7 @@ from django.db import connection
 from scoreboard import defender, fetching
 from scoreboard.models import Reading
 from scoreboard.settings import longest_retry_countdown
+from tests.processes import Processes, wait_for
 
 BASE_DIR = Path(settings.BASE_DIR)
 BIN = Path(sys.executable).parent
@@ -539,12 +538,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Stack:
+class Stack(Processes):
     """The compose services as local processes; `stop()` ends every one."""
 
     def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.running: list[tuple[str, subprocess.Popen]] = []
+        super().__init__(env={}, logs=logs)
 
     @staticmethod
     def local(argv: list[str]) -> list[str]:
@@ -553,16 +551,7 @@ class Stack:
         return [sys.executable if argv[0] == "python" else head, *argv[1:]]
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        process = subprocess.Popen(
-            self.local(argv),
-            cwd=BASE_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.running.append((name, process))
+        self.spawn(name, self.local(argv), env)
 
     def check(self, test: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
         """A compose health check, run as Docker would run it."""
@@ -573,23 +562,6 @@ class Stack:
             self.local(argv), cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
         )
 
-    def output(self) -> str:
-        return "\n".join(
-            f"--- {name} ---\n" + (self.logs / f"{name}.log").read_text()[-3000:]
-            for name, _ in self.running
-        )
-
-    def stop(self) -> None:
-        for _, process in self.running:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for _, process in self.running:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
 
 @pytest.fixture
 def stack(tmp_path) -> Iterator[Stack]:
@@ -599,15 +571,6 @@ def stack(tmp_path) -> Iterator[Stack]:
     finally:
         running.stop()
         connection.close()
-
-
-def wait_for(condition, *, what: str, stack: Stack, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}\n{stack.output()}")
 
 
 @pytest.mark.e2e
@@ -657,8 +620,9 @@ def test_the_compose_services_fetch_a_reading_and_answer_healthy(sim, make_tenan
 
     wait_for(
         lambda: Reading.objects.filter(tenant=tenant).exists(),
+        timeout=90,
+        processes=stack,
         what="a reading from the simulator",
-        stack=stack,
     )
     reading = Reading.objects.get(tenant=tenant)
     assert reading.value > 0
@@ -675,7 +639,7 @@ def test_the_compose_services_fetch_a_reading_and_answer_healthy(sim, make_tenan
         except requests.RequestException:
             return False
 
-    wait_for(healthy, what="/healthz to answer 200", stack=stack)
+    wait_for(healthy, timeout=90, processes=stack, what="/healthz to answer 200")
     health = proxy.get(f"{origin}/healthz", headers=public, timeout=10)
     assert health.json() == {"ok": True, "database": "ok", "broker": "ok", "dispatcher": "ok"}
     page = proxy.get(f"{origin}/", headers=public, timeout=10, allow_redirects=False)
