@@ -128,6 +128,16 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _sheet_time(moment: datetime) -> str:
+    """UTC as ISO 8601 without a zone designator (2026-11-03T09:15:58).
+
+    Spreadsheets read this form as a date and time; with a trailing Z or an
+    offset LibreOffice and Excel keep it as text. The columns are UTC by
+    definition (README).
+    """
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _in_period(period: Period) -> QuerySet[Reading]:
     return Reading.objects.filter(
         metric=Metric.SECURE_SCORE, measured_at__gte=period.start, measured_at__lt=period.end
@@ -237,7 +247,6 @@ def health_of(tenant: Tenant, *, now: datetime) -> Health:
 class OverviewRow:
     tenant: Tenant
     latest: float | None
-    latest_at: datetime | None
     change_7d: float | None
     change_30d: float | None
     health: Health
@@ -270,7 +279,6 @@ def overview_rows(*, tenants: QuerySet[Tenant], now: datetime) -> list[OverviewR
             OverviewRow(
                 tenant=tenant,
                 latest=latest,
-                latest_at=tenant.last_measured_at,
                 change_7d=change(tenant.value_7d),
                 change_30d=change(tenant.value_30d),
                 health=health_of(tenant, now=now),
@@ -493,7 +501,15 @@ def export_rows(*, tenants: QuerySet[Tenant], period: Period | None) -> Iterator
     for name, slug, azure_id, metric, measured_at, value, fetched_at in rows.iterator(
         chunk_size=5000
     ):
-        yield (name, slug, str(azure_id), metric, _iso(measured_at), value, _iso(fetched_at))
+        yield (
+            name,
+            slug,
+            str(azure_id),
+            metric,
+            _sheet_time(measured_at),
+            value,
+            _sheet_time(fetched_at),
+        )
 
 
 # Spreadsheets run cell text that starts with these as a formula (OWASP CSV injection).
@@ -503,9 +519,9 @@ EXPORT_CHUNK_BYTES = 256 * 1024
 _EXPORT_COPY_SQL = """
 COPY (
     SELECT {name}, {slug}, t.tenant_id::text, r.metric,
-           to_char(r.measured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+           to_char(r.measured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS'),
            r.value,
-           to_char(r.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+           to_char(r.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
     FROM scoreboard_reading r JOIN tenants_tenant t ON t.id = r.tenant_id
     WHERE r.metric = %(metric)s AND r.tenant_id IN ({tenants}) {period}
     ORDER BY t.name, t.id, r.measured_at

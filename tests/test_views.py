@@ -3,7 +3,7 @@
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.urls import reverse
@@ -131,6 +131,8 @@ def test_overview_rows_show_latest_score_changes_and_health(staff_client, make_t
     response = staff_client.get(OVERVIEW)
     html = response.content.decode()
     assert "474.30" in html
+    assert "Last successful fetch" in html
+    assert f'datetime="{now.isoformat()}"' in html  # when the last fetch succeeded
     assert '<span class="delta up">▲ 16.70</span>' in html  # 474.3 - (400 + 0.1 * 576)
     assert '<span class="badge failing"' in html
     assert "failing: missing permission" in html
@@ -281,7 +283,10 @@ def test_export_has_a_header_every_column_and_a_descriptive_name(staff_client, m
     assert rows[0] == CSV_HEADER
     first = rows[1]
     assert first[:4] == ["Export Co", "export", str(tenant.tenant_id), "secure_score"]
-    assert first[4].endswith("Z")
+    # UTC without a zone designator, the form spreadsheets read as a date.
+    measured = datetime.strptime(first[4], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    oldest = tenant.readings.filter(measured_at__date__gte=start).order_by("measured_at").first()
+    assert measured == oldest.measured_at.replace(microsecond=0)  # the stored time, in UTC
     assert float(first[5]) >= 500
     assert all(start.isoformat() <= row[4][:10] <= today.isoformat() for row in rows[1:])
     assert [row[4] for row in rows[1:]] == sorted(row[4] for row in rows[1:])
