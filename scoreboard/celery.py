@@ -33,6 +33,12 @@ def _schedule_dispatcher(sender: Celery, **kwargs) -> None:
             "schedule": 24 * 3600.0,
             "options": {"expires": 3600.0},
         },
+        # Keeps the fleet chart's closed days computed, so no page view has to.
+        "refresh-fleet-days": {
+            "task": "scoreboard.tasks.refresh_fleet_days",
+            "schedule": 3600.0,
+            "options": {"expires": 3000.0},
+        },
     }
     # kombu's filesystem transport needs its folders to exist before anyone starts.
     for folder in ("data_folder_in", "processed_folder", "control_folder"):

@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Count, Max, Min, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import TruncDay, TruncWeek
 
 from scoreboard.defender import ErrorKind
-from scoreboard.models import DailyScore, Metric, Reading
+from scoreboard.models import DailyScore, FleetDay, Metric, Reading, StaleFleetDay
 from tenants.models import Tenant
 
 PRESETS: dict[str, int | None] = {"7d": 7, "30d": 30, "90d": 90, "1y": 365, "all": None}
@@ -334,8 +334,130 @@ def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def fleet_band(*, tenants: QuerySet[Tenant], period: Period, bucket: str) -> list[list]:
-    """Per bucket: [time, p10, median, p90] over the tenants' bucket means."""
+def fleet_band(
+    *,
+    tenants: QuerySet[Tenant],
+    period: Period,
+    bucket: str,
+    now: datetime | None = None,
+    count: int | None = None,
+) -> list[list]:
+    """Per bucket: [time, p10, median, p90] over the tenants' bucket means.
+
+    The daily band over every tenant reads its closed days from FleetDay and
+    computes only the part days at either end and today; a band over some
+    tenants (a viewer's), or by week, is computed from the rollup. `count` is
+    the number of `tenants`, when the caller knows it.
+    """
+    count = tenants.count() if count is None else count
+    if bucket != "day" or count != Tenant.objects.count():
+        return _live_fleet_band(tenants=tenants, period=period, bucket=bucket)
+    now = now or datetime.now(UTC)
+    first, end = _whole_days(period)
+    stored_end = max(first, min(end, _midnight(now.date())))
+    band = []
+    if period.start < first:
+        before = Period(period.key, period.start, first)
+        band += _live_fleet_band(tenants=tenants, period=before, bucket=bucket)
+    band += stored_fleet_band(first=first.date(), stop=stored_end.date())
+    if stored_end < period.end:
+        after = Period(period.key, stored_end, period.end)
+        band += _live_fleet_band(tenants=tenants, period=after, bucket=bucket)
+    return band
+
+
+def stored_fleet_band(*, first: date, stop: date, metric: str = Metric.SECURE_SCORE) -> list[list]:
+    """The band of the closed days first..stop (exclusive) over every tenant, from FleetDay.
+
+    Days marked stale, or never computed, are computed again first, so the
+    band always matches the rollup. Costs two small queries when nothing changed.
+    """
+    if first >= stop:
+        return []
+    in_range = {"metric": metric, "day__gte": first, "day__lt": stop}
+    stored = FleetDay.objects.filter(**in_range).order_by("day")
+    rows = list(stored.values_list("day", "tenants", "p10", "median", "p90"))
+    wanted = (stop - first).days
+    if len(rows) < wanted or StaleFleetDay.objects.filter(**in_range).exists():
+        refresh_fleet_days(first=first, stop=stop, metric=metric)
+        rows = list(stored.values_list("day", "tenants", "p10", "median", "p90"))
+    return [
+        [_iso(_midnight(day)), round(p10, 2), round(median, 2), round(p90, 2)]
+        for day, count, p10, median, p90 in rows
+        if count
+    ]
+
+
+def refresh_fleet_days(*, first: date, stop: date, metric: str = Metric.SECURE_SCORE) -> int:
+    """Compute FleetDay again for the stale or missing days first..stop; returns how many.
+
+    The stale marks are taken (deleted) in the same transaction that stores the
+    new rows: a day changed meanwhile is marked again by the trigger and
+    computed next time.
+    """
+    in_range = {"metric": metric, "day__gte": first, "day__lt": stop}
+    db = FleetDay.objects.db
+    with transaction.atomic(using=db), connections[db].cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {StaleFleetDay._meta.db_table} "  # noqa: S608 - a constant table name
+            "WHERE metric = %s AND day >= %s AND day < %s RETURNING day",
+            [metric, first, stop],
+        )
+        todo = {_as_date(day) for (day,) in cursor.fetchall()}
+        known = set(FleetDay.objects.filter(**in_range).values_list("day", flat=True))
+        todo |= {first + timedelta(days=n) for n in range((stop - first).days)} - known
+        if not todo:
+            return 0
+        spreads = _fleet_day_spreads(cursor, metric=metric, days=sorted(todo))
+        FleetDay.objects.bulk_create(
+            [
+                FleetDay(metric=metric, day=day, tenants=count, p10=p10, median=median, p90=p90)
+                for day in sorted(todo)
+                for count, p10, median, p90 in [spreads.get(day, (0, None, None, None))]
+            ],
+            batch_size=500,
+            update_conflicts=True,
+            unique_fields=["metric", "day"],
+            update_fields=["tenants", "p10", "median", "p90"],
+        )
+    return len(todo)
+
+
+def _as_date(value: date | str) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(value)
+
+
+def _fleet_day_spreads(cursor, *, metric: str, days: list[date]) -> dict[date, tuple]:
+    """Per day: (tenants, p10, median, p90) of the tenants' daily means in the rollup."""
+    table = DailyScore._meta.db_table
+    if cursor.db.vendor == "postgresql":
+        cursor.execute(
+            "SELECT day, count(*), "  # noqa: S608 - a constant table name
+            "percentile_cont(ARRAY[0.1, 0.5, 0.9]) WITHIN GROUP (ORDER BY total / count) "
+            f"FROM {table} WHERE metric = %s AND day = ANY(%s) GROUP BY day",
+            [metric, days],
+        )
+        return {day: (count, *spread) for day, count, spread in cursor.fetchall()}
+    wanted = set(days)
+    cursor.execute(
+        f"SELECT day, total / count FROM {table} "  # noqa: S608 - a constant table name
+        "WHERE metric = %s AND day >= %s AND day <= %s ORDER BY day",
+        [metric, days[0], days[-1]],
+    )
+    means: dict[date, list[float]] = defaultdict(list)
+    for day, mean in cursor.fetchall():
+        day = _as_date(day)
+        if day in wanted:
+            means[day].append(mean)
+    spreads = {}
+    for day, values in means.items():
+        values.sort()
+        spreads[day] = (len(values), *(percentile(values, f) for f in (0.1, 0.5, 0.9)))
+    return spreads
+
+
+def _live_fleet_band(*, tenants: QuerySet[Tenant], period: Period, bucket: str) -> list[list]:
+    """The band computed from the rollup and the raw part days, for these tenants only."""
     if connections[tenants.db].vendor == "postgresql":
         return _fleet_band_postgresql(tenants=tenants, period=period, bucket=bucket)
     per_bucket: dict[datetime, list[float]] = defaultdict(list)
@@ -433,7 +555,7 @@ def trend_data(*, tenants: QuerySet[Tenant], period: Period, picked: Iterable[Te
         fleet_bucket = "day" if bucket == "raw" else bucket
         fleet = {
             "count": total,
-            "points": fleet_band(tenants=tenants, period=period, bucket=fleet_bucket),
+            "points": fleet_band(tenants=tenants, period=period, bucket=fleet_bucket, count=total),
         }
     else:
         lines_for = list(tenants)

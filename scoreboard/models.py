@@ -192,6 +192,48 @@ class DailyScore(models.Model):
             )
 
 
+class FleetDay(models.Model):
+    """The spread of every tenant's daily mean on one closed UTC day: the fleet chart's band.
+
+    Days before today are kept here so a year of the band is 365 small rows, not a
+    percentile over 365,000 rollup rows on every page. A trigger on DailyScore
+    (migration 0006) marks a day in StaleFleetDay whenever any tenant's day changes;
+    `history` computes marked and missing days again before it reads them, so the
+    band always matches the readings. Days without readings are kept with
+    `tenants` 0 so they are not computed again.
+    """
+
+    metric = models.CharField(max_length=32, choices=Metric.choices, default=Metric.SECURE_SCORE)
+    day = models.DateField()
+    tenants = models.PositiveIntegerField()
+    p10 = models.FloatField(null=True)
+    median = models.FloatField(null=True)
+    p90 = models.FloatField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["metric", "day"], name="fleet_day_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} on {self.day}: {self.tenants} tenants"
+
+
+class StaleFleetDay(models.Model):
+    """A day whose FleetDay must be computed again: written by a trigger on DailyScore."""
+
+    metric = models.CharField(max_length=32, choices=Metric.choices, default=Metric.SECURE_SCORE)
+    day = models.DateField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["metric", "day"], name="stale_fleet_day_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} on {self.day}"
+
+
 class LoginFailure(models.Model):
     """A failed login, kept a day for the throttle in scoreboard.login."""
 

@@ -5,10 +5,11 @@ import random
 
 from celery import shared_task
 from django.db import DatabaseError, close_old_connections
+from django.db.models import Min
 from django.utils import timezone
 
-from scoreboard import fetching
-from scoreboard.models import FetchAttempt
+from scoreboard import fetching, history
+from scoreboard.models import DailyScore, FetchAttempt
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,18 @@ def prune_fetch_attempts() -> int:
     deleted = fetching.prune_attempts(now=timezone.now())
     log.info("pruned %d fetch attempt(s) past the retention period", deleted)
     return deleted
+
+
+@shared_task(name="scoreboard.tasks.refresh_fleet_days")
+def refresh_fleet_days() -> int:
+    """Compute the fleet band's stale or missing closed days, up to yesterday."""
+    first = DailyScore.objects.aggregate(first=Min("day"))["first"]
+    if first is None:
+        return 0
+    refreshed = history.refresh_fleet_days(first=first, stop=timezone.now().date())
+    if refreshed:
+        log.info("computed the fleet band of %d day(s)", refreshed)
+    return refreshed
 
 
 @shared_task(bind=True, name="scoreboard.tasks.fetch", max_retries=None)

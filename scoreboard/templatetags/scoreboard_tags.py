@@ -1,23 +1,27 @@
 from django import template
 from django.conf import settings
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.urls import reverse
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.timezone import localtime
 
 register = template.Library()
 
 
 @register.simple_tag
-def delta(change: float | None) -> SafeString | str:
+def delta(change: float | None) -> SafeString:
     """A change in score as an arrow and a number: red for a drop."""
+    return mark_safe(_delta_html(change))  # noqa: S308 - built from numbers and constants
+
+
+def _delta_html(change: float | None) -> str:
     if change is None:
-        return format_html(
-            '<span class="delta flat muted" title="{}">&ndash;</span>', "no reading then"
-        )
+        return '<span class="delta flat muted" title="no reading then">&ndash;</span>'
     if abs(change) < 0.005:
-        return format_html('<span class="delta flat">{} 0</span>', "▶")
+        return '<span class="delta flat">▶ 0</span>'
     if change < 0:
-        return format_html('<span class="delta down">▼ {}</span>', f"{-change:,.2f}")
-    return format_html('<span class="delta up">▲ {}</span>', f"{change:,.2f}")
+        return f'<span class="delta down">▼ {-change:,.2f}</span>'
+    return f'<span class="delta up">▲ {change:,.2f}</span>'
 
 
 @register.filter
@@ -28,6 +32,67 @@ def score(value: float | None) -> str:
 @register.filter
 def sort_value(value: float | None) -> str:
     return "" if value is None else repr(value)
+
+
+@register.simple_tag
+def overview_rows(rows: list, *, picked: set[str], pick_column: bool) -> SafeString:
+    """The overview table's body: one row per tenant.
+
+    Written in Python rather than as a template loop: a thousand tenants made
+    the loop the slowest part of the page (about 1 ms a row). Every value that
+    comes from the database is escaped.
+    """
+    link = reverse("tenant_detail", args=["-"])[:-2]  # the URL before the slug
+    html = []
+    for row in rows:
+        tenant = row.tenant
+        name, slug = escape(tenant.name), escape(tenant.slug)
+        key = escape(tenant.name.lower())
+        cells = [f'<tr data-name="{key}">']
+        if pick_column:
+            checked = " checked" if tenant.slug in picked else ""
+            cells.append(
+                f'<td class="no-print"><input type="checkbox" name="pick" value="{slug}" '
+                f'aria-label="Draw {name}"{checked}></td>'
+            )
+        cells.append(f'<td data-sort-value="{key}"><a href="{link}{slug}/">{name}</a></td>')
+        cells.append(
+            f'<td class="num" data-sort-value="{sort_value(row.latest)}">{score(row.latest)}</td>'
+        )
+        for change in (row.change_7d, row.change_30d):
+            cells.append(
+                f'<td class="num" data-sort-value="{sort_value(change)}">{_delta_html(change)}</td>'
+            )
+        cells.append(
+            f'<td><canvas class="sparkline" data-slug="{slug}" width="120" height="32" '
+            f'role="img" aria-label="30-day trend of {name}"></canvas></td>'
+        )
+        fetched = tenant.last_success_at
+        if fetched:
+            moment = localtime(fetched)
+            stamp = moment.isoformat()
+            cells.append(
+                f'<td data-sort-value="{stamp}"><time class="local-time" datetime="{stamp}">'
+                f"{moment:%Y-%m-%d %H:%M} UTC</time></td>"
+            )
+        else:
+            cells.append('<td data-sort-value=""><span class="muted">never</span></td>')
+        health = row.health
+        status = escape(health.status)
+        if health.detail:
+            detail = escape(health.detail)
+            cells.append(
+                f'<td data-sort-value="{status}"><span class="badge {status}" title="{detail}">'
+                f'{escape(health.label)}</span><div class="muted small">{detail}</div></td>'
+            )
+        else:
+            cells.append(
+                f'<td data-sort-value="{status}"><span class="badge {status}">'
+                f"{escape(health.label)}</span></td>"
+            )
+        cells.append("</tr>")
+        html.append("".join(cells))
+    return mark_safe("\n".join(html))  # noqa: S308 - every database value is escaped above
 
 
 @register.simple_tag
