@@ -145,9 +145,22 @@ TEMPLATES = [
     },
 ]
 
+# An empty DATABASE_URL (a blank line in .env) means the embedded SQLite default.
+_database_url = env.str("DATABASE_URL", default="").strip()
 DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'scoreboard.sqlite3'}")
+    "default": env.db_url_config(_database_url or f"sqlite:///{VAR_DIR / 'scoreboard.sqlite3'}")
 }
+# The rollup triggers exist for these two (scoreboard/migrations/0003, 0006).
+if DATABASES["default"].get("ENGINE") not in (
+    "django.db.backends.postgresql",
+    "django.db.backends.sqlite3",
+):
+    scheme = _database_url.partition("://")[0][:20]
+    raise ImproperlyConfigured(
+        f"DATABASE_URL starts with {scheme!r}: Scoreboard runs on PostgreSQL or SQLite. Fix: use "
+        "postgres://USER:PASSWORD@HOST:5432/NAME, or sqlite:////absolute/path.sqlite3, "
+        "or leave it unset for the embedded SQLite database."
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A fresh clone has no var/ yet; SQLite creates the file but not its folder.
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)

@@ -412,6 +412,38 @@ def test_debug_off_refuses_to_start_without(name, tmp_path):
     assert last_line.startswith(f"django.core.exceptions.ImproperlyConfigured: {name} is ")
 
 
+@pytest.mark.parametrize(
+    ("url", "engine"),
+    [
+        ("", "sqlite3"),  # a blank line in .env: the embedded default
+        ("mysql://scoreboard:pw0@db/scoreboard", None),
+        ("nonsense", None),
+    ],
+)
+def test_database_url_is_postgresql_sqlite_or_unset(url, engine, tmp_path):
+    done = run_manage(
+        {
+            "DEBUG": "true",
+            "SCOREBOARD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "DATABASE_URL": url,
+        },
+        "shell",
+        "--verbosity=0",
+        "-c",
+        "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])",
+        var_dir=tmp_path,
+    )
+    if engine:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"django.db.backends.{engine}"
+    else:
+        assert done.returncode != 0
+        last_line = done.stderr.strip().splitlines()[-1]
+        assert "ImproperlyConfigured: DATABASE_URL starts with" in last_line
+        assert "Scoreboard runs on PostgreSQL or SQLite" in last_line
+        assert "pw0" not in done.stderr
+
+
 def test_debug_on_serves_localhost_without_allowed_hosts(tmp_path):
     done = run_manage(
         {"DEBUG": "true", "SCOREBOARD_ENCRYPTION_KEYS": Fernet.generate_key().decode()},
