@@ -74,6 +74,7 @@ BENCH_FETCH_THREADS ?= 50
 BENCH_JSON ?= var/bench.json
 bench: install .env
 	$(MANAGE) migrate --noinput
+	$(MANAGE) collectstatic --noinput --verbosity 0
 	$(MANAGE) bench --tenants $(BENCH_TENANTS) --days $(BENCH_DAYS) --per-day $(BENCH_PER_DAY) \
 		--fetch-tenants $(BENCH_FETCH_TENANTS) --fetch-threads $(BENCH_FETCH_THREADS) \
 		--json $(BENCH_JSON) $(BENCH_ARGS)

@@ -181,6 +181,10 @@ else:
     # libpq waits for ever by default: an unreachable server would hang /healthz and the
     # workers instead of failing. A `connect_timeout` in DATABASE_URL wins.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # PostgreSQL's JIT compiles a query when its estimated cost is high; for the pages'
+    # queries, whose estimates run far above what they read, compiling took 350 ms of
+    # a 10 ms query (docs/benchmarks.md). Options in DATABASE_URL win.
+    DATABASES["default"]["OPTIONS"].setdefault("options", "-c jit=off")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

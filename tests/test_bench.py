@@ -89,8 +89,7 @@ def test_long_ranges_count_only_the_readings_inside_the_range(make_tenant):
     tenant = make_tenant()
     add_readings(tenant, hours=40 * 24, end=NOW)
     period = history.Period("30d", NOW - timedelta(days=30), NOW)
-    sparks = history.sparklines(tenants=Tenant.objects.all(), now=NOW)[tenant.slug]
-    assert sparks == raw_daily_means(tenant, period.start, period.end)
+    sparks = raw_daily_means(tenant, period.start, period.end)
     lines = history.trend_data(tenants=Tenant.objects.all(), period=period)["tenants"]
     assert lines[0]["points"] == sparks
 
@@ -105,6 +104,22 @@ def test_long_ranges_count_only_the_readings_inside_the_range(make_tenant):
     assert len(first_day) == 11  # 13:30 to 23:30
     assert chart["points"][0][1] == round(min(first_day), 2)
     assert chart["points"][0][3] == round(max(first_day), 2)
+
+
+def test_sparklines_are_the_daily_means_of_the_last_30_days(make_tenant):
+    tenant = make_tenant()
+    add_readings(tenant, hours=40 * 24, end=NOW)
+    quiet = make_tenant(name="Quiet", slug="quiet")
+    add_readings(quiet, hours=24, end=NOW - timedelta(days=20, hours=13, minutes=30))
+    sparks = history.sparklines(tenants=Tenant.objects.all(), now=NOW)
+    assert sparks["start"] == "2026-05-17"
+    first = datetime(2026, 5, 17, tzinfo=UTC)
+    means = raw_daily_means(tenant, first, NOW + timedelta(days=1))
+    assert sparks["values"][tenant.slug] == [mean for _, mean in means]
+    assert len(means) == 30
+    # A day without readings is a gap, not a zero.
+    values = sparks["values"]["quiet"]
+    assert values[8] is not None and values.count(None) == 29  # 2026-05-25 only
 
 
 def test_fleet_band_is_the_spread_of_the_tenants_daily_means(make_tenant):

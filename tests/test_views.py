@@ -142,8 +142,10 @@ def test_overview_rows_show_latest_score_changes_and_health(staff_client, make_t
     assert '<span class="badge stale"' in html
     assert '<span class="badge waiting">waiting for first reading</span>' in html
     sparks = json_data(response, "sparkline-data")
-    assert len(sparks["rising"]) in (30, 31)
-    assert sparks["waiting"] == []
+    assert sparks["start"] == str(now.date() - timedelta(days=29))
+    assert len(sparks["values"]["rising"]) == 30
+    assert None not in sparks["values"]["rising"]
+    assert sparks["values"]["waiting"] == []
 
 
 def test_a_drop_is_shown_in_red(staff_client, make_tenant):

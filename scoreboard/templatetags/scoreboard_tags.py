@@ -1,7 +1,8 @@
+from html import escape
+
 from django import template
 from django.conf import settings
 from django.urls import reverse
-from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import localtime
 
@@ -40,7 +41,8 @@ def overview_rows(rows: list, *, picked: set[str], pick_column: bool) -> SafeStr
 
     Written in Python rather than as a template loop: a thousand tenants made
     the loop the slowest part of the page (about 1 ms a row). Every value that
-    comes from the database is escaped.
+    comes from the database is escaped (the standard library's escape, quotes
+    included: Django's own is lazy-aware and several times slower).
     """
     link = reverse("tenant_detail", args=["-"])[:-2]  # the URL before the slug
     html = []

@@ -549,8 +549,15 @@
 
   // ------------------------------------------------------------- sparklines
 
-  function createSparkline(canvas, series) {
-    const data = toSeries(series, 1)[0];
+  // One mean a day, null where a day has no reading: x is the day's index.
+  function createSparkline(canvas, values, days) {
+    const data = [];
+    (Array.isArray(values) ? values : []).forEach(function (value, day) {
+      const y = toNumber(value);
+      if (y !== null) {
+        data.push({ x: day, y: y });
+      }
+    });
     if (!data.length) {
       return null;
     }
@@ -587,7 +594,8 @@
           title: { display: false }
         },
         scales: {
-          x: { type: 'linear', display: false },
+          // The whole 30 days, so a tenant added last week draws at the right end.
+          x: { type: 'linear', display: false, min: 0, max: Math.max(1, (days || 30) - 1) },
           y: { type: 'linear', display: false }
         }
       }
@@ -599,15 +607,16 @@
     if (!canvases.length) {
       return;
     }
-    const data = readJson('sparkline-data');
-    if (!data || typeof data !== 'object') {
+    const payload = readJson('sparkline-data');
+    const data = payload && typeof payload.values === 'object' ? payload.values : null;
+    if (!data) {
       return;
     }
     const draw = function (canvas) {
       try {
         const slug = canvas.getAttribute('data-slug');
-        const series = Object.prototype.hasOwnProperty.call(data, slug) ? data[slug] : null;
-        const chart = createSparkline(canvas, series);
+        const values = Object.prototype.hasOwnProperty.call(data, slug) ? data[slug] : null;
+        const chart = createSparkline(canvas, values, payload.days);
         if (chart) {
           state.sparklines.push(chart);
         }
