@@ -3,6 +3,7 @@ from html import escape
 from django import template
 from django.conf import settings
 from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import localtime
 
@@ -95,6 +96,20 @@ def overview_rows(rows: list, *, picked: set[str], pick_column: bool) -> SafeStr
         cells.append("</tr>")
         html.append("".join(cells))
     return mark_safe("\n".join(html))  # noqa: S308 - every database value is escaped above
+
+
+# What json_script escapes, so the text cannot end the script element.
+_JSON_SCRIPT_ESCAPES = {ord(">"): "\\u003E", ord("<"): "\\u003C", ord("&"): "\\u0026"}
+
+
+@register.simple_tag
+def json_text_script(text: str, element_id: str) -> SafeString:
+    """Like the json_script filter, for JSON that is already text (written by the database)."""
+    return format_html(
+        '<script id="{}" type="application/json">{}</script>',
+        element_id,
+        mark_safe(text.translate(_JSON_SCRIPT_ESCAPES)),  # noqa: S308 - escaped for a script
+    )
 
 
 @register.simple_tag

@@ -549,15 +549,18 @@
 
   // ------------------------------------------------------------- sparklines
 
-  // One mean a day, null where a day has no reading: x is the day's index.
-  function createSparkline(canvas, values, days) {
+  // [day, mean, day, mean, ...]: a day is its index in the 30 days; days without
+  // a reading are left out.
+  function createSparkline(canvas, pairs, days) {
     const data = [];
-    (Array.isArray(values) ? values : []).forEach(function (value, day) {
-      const y = toNumber(value);
-      if (y !== null) {
-        data.push({ x: day, y: y });
+    const list = Array.isArray(pairs) ? pairs : [];
+    for (let i = 0; i + 1 < list.length; i += 2) {
+      const x = toNumber(list[i]);
+      const y = toNumber(list[i + 1]);
+      if (x !== null && y !== null) {
+        data.push({ x: x, y: y });
       }
-    });
+    }
     if (!data.length) {
       return null;
     }
