@@ -225,7 +225,7 @@ class Health:
     detail: str = ""
 
 
-def health_of(tenant: Tenant, *, now: datetime) -> Health:
+def health_of(tenant: Tenant | OverviewTenant, *, now: datetime) -> Health:
     if not tenant.enabled:
         return Health("off", "disabled")
     if tenant.consecutive_failures:
@@ -245,7 +245,7 @@ def health_of(tenant: Tenant, *, now: datetime) -> Health:
 
 @dataclass(frozen=True)
 class OverviewRow:
-    tenant: Tenant
+    tenant: OverviewTenant
     latest: float | None
     change_7d: float | None
     change_30d: float | None
@@ -263,34 +263,52 @@ def _value_at(moment: datetime) -> Subquery:
     )
 
 
-# What an overview row shows: loading no more keeps a thousand rows cheap.
-OVERVIEW_FIELDS = (
-    "name",
-    "slug",
-    "enabled",
-    "credential_type",
-    "credential_expires_at",
-    "fetch_interval_minutes",
-    "last_success_at",
-    "last_error_kind",
-    "last_error",
-    "consecutive_failures",
-    "last_score",
-    "last_measured_at",
-)
+class OverviewTenant:
+    """The columns of a tenant an overview row shows, without a model instance each.
+
+    A thousand Tenant instances cost about 25 ms of CPU to build; the row needs a
+    dozen plain values and the two Tenant methods that health_of asks for.
+    """
+
+    FIELDS = (
+        "pk",
+        "name",
+        "slug",
+        "enabled",
+        "credential_type",
+        "credential_expires_at",
+        "fetch_interval_minutes",
+        "last_success_at",
+        "last_error_kind",
+        "last_error",
+        "consecutive_failures",
+        "last_score",
+        "last_measured_at",
+    )
+    __slots__ = FIELDS
+    credential_warning = Tenant.credential_warning
+    last_error_summary = Tenant.last_error_summary
+
+    def __init__(self, values: tuple) -> None:
+        for field, value in zip(self.FIELDS, values, strict=True):
+            setattr(self, field, value)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def overview_rows(*, tenants: QuerySet[Tenant], now: datetime) -> list[OverviewRow]:
-    annotated = (
-        tenants.only(*OVERVIEW_FIELDS)
-        .annotate(
+    values = (
+        tenants.annotate(
             value_7d=_value_at(now - timedelta(days=7)),
             value_30d=_value_at(now - timedelta(days=30)),
         )
         .order_by("name")
+        .values_list(*OverviewTenant.FIELDS, "value_7d", "value_30d")
     )
     rows = []
-    for tenant in annotated:
+    for *columns, value_7d, value_30d in values:
+        tenant = OverviewTenant(columns)
         latest = tenant.last_score
 
         def change(before: float | None, latest: float | None = latest) -> float | None:
@@ -300,8 +318,8 @@ def overview_rows(*, tenants: QuerySet[Tenant], now: datetime) -> list[OverviewR
             OverviewRow(
                 tenant=tenant,
                 latest=latest,
-                change_7d=change(tenant.value_7d),
-                change_30d=change(tenant.value_30d),
+                change_7d=change(value_7d),
+                change_30d=change(value_30d),
                 health=health_of(tenant, now=now),
             )
         )
