@@ -162,12 +162,22 @@ Stats = list  # [count, total, low, high]
 
 
 def _bucket_stats(
-    *, tenants: QuerySet[Tenant] | Iterable[int], period: Period, bucket: str
+    *,
+    tenants: QuerySet[Tenant] | Iterable[int],
+    period: Period,
+    bucket: str,
+    rollup_from: datetime | None = None,
 ) -> dict[tuple[int, datetime], Stats]:
-    """Per (tenant id, day or week start): the count, sum, minimum and maximum of its readings."""
+    """Per (tenant id, day or week start): the count, sum, minimum and maximum of its readings.
+
+    `rollup_from` leaves out the whole days before it (the caller has them elsewhere).
+    """
     first, end = _whole_days(period)
     rolled = DailyScore.objects.filter(
-        metric=Metric.SECURE_SCORE, tenant_id__in=tenants, day__gte=first.date(), day__lt=end.date()
+        metric=Metric.SECURE_SCORE,
+        tenant_id__in=tenants,
+        day__gte=max(first, rollup_from or first).date(),
+        day__lt=end.date(),
     )
     if bucket == "week":
         rolled = (
@@ -418,15 +428,10 @@ def fleet_band(
     now = now or datetime.now(UTC)
     first, end = _whole_days(period)
     stored_end = max(first, min(end, _midnight(now.date())))
-    band = []
-    if period.start < first:
-        before = Period(period.key, period.start, first)
-        band += _live_fleet_band(tenants=tenants, period=before, bucket=bucket)
-    band += stored_fleet_band(first=first.date(), stop=stored_end.date())
-    if stored_end < period.end:
-        after = Period(period.key, stored_end, period.end)
-        band += _live_fleet_band(tenants=tenants, period=after, bucket=bucket)
-    return band
+    stored = stored_fleet_band(first=first.date(), stop=stored_end.date())
+    # The rest in one query: the part days at either end, and today (and later) whole.
+    live = _live_fleet_band(tenants=tenants, period=period, bucket=bucket, rollup_from=stored_end)
+    return sorted(stored + live)
 
 
 def stored_fleet_band(*, first: date, stop: date, metric: str = Metric.SECURE_SCORE) -> list[list]:
@@ -519,13 +524,18 @@ def _fleet_day_spreads(cursor, *, metric: str, days: list[date]) -> dict[date, t
     return spreads
 
 
-def _live_fleet_band(*, tenants: QuerySet[Tenant], period: Period, bucket: str) -> list[list]:
+def _live_fleet_band(
+    *, tenants: QuerySet[Tenant], period: Period, bucket: str, rollup_from: datetime | None = None
+) -> list[list]:
     """The band computed from the rollup and the raw part days, for these tenants only."""
     if connections[tenants.db].vendor == "postgresql":
-        return _fleet_band_postgresql(tenants=tenants, period=period, bucket=bucket)
+        return _fleet_band_postgresql(
+            tenants=tenants, period=period, bucket=bucket, rollup_from=rollup_from
+        )
     per_bucket: dict[datetime, list[float]] = defaultdict(list)
-    for (_, moment), stats in _bucket_stats(tenants=tenants, period=period, bucket=bucket).items():
-        per_bucket[moment].append(_mean(stats))
+    stats = _bucket_stats(tenants=tenants, period=period, bucket=bucket, rollup_from=rollup_from)
+    for (_, moment), one in stats.items():
+        per_bucket[moment].append(_mean(one))
     band = []
     for moment in sorted(per_bucket):
         values = sorted(per_bucket[moment])
@@ -565,7 +575,12 @@ FROM per_tenant GROUP BY bucket ORDER BY bucket
 
 
 def _per_tenant_rows(
-    select: str, *, tenants: QuerySet[Tenant], period: Period, bucket: str
+    select: str,
+    *,
+    tenants: QuerySet[Tenant],
+    period: Period,
+    bucket: str,
+    rollup_from: datetime | None = None,
 ) -> list[tuple]:
     first, end = _whole_days(period)
     tenant_sql, tenant_params = tenants.order_by().values("pk").query.sql_with_params()
@@ -575,7 +590,7 @@ def _per_tenant_rows(
     params = {
         "unit": "week" if bucket == "week" else "day",
         "metric": Metric.SECURE_SCORE,
-        "first_day": first.date(),
+        "first_day": max(first, rollup_from or first).date(),
         "end_day": end.date(),
         "start": period.start,
         "first": first,
@@ -591,9 +606,13 @@ def _per_tenant_rows(
         return cursor.fetchall()
 
 
-def _fleet_band_postgresql(*, tenants: QuerySet[Tenant], period: Period, bucket: str) -> list[list]:
+def _fleet_band_postgresql(
+    *, tenants: QuerySet[Tenant], period: Period, bucket: str, rollup_from: datetime | None = None
+) -> list[list]:
     """The fleet band in one query: the rollup and the part days, percentiles in the database."""
-    rows = _per_tenant_rows(_FLEET_BAND_SQL, tenants=tenants, period=period, bucket=bucket)
+    rows = _per_tenant_rows(
+        _FLEET_BAND_SQL, tenants=tenants, period=period, bucket=bucket, rollup_from=rollup_from
+    )
     return [
         [_iso(moment.replace(tzinfo=UTC)), *(round(value, 2) for value in percentiles)]
         for moment, percentiles in rows

@@ -85,3 +85,15 @@ def test_the_hourly_task_computes_the_days_up_to_yesterday(fleet):
     assert date(2026, 6, 9) in stored and date(2026, 6, 15) in stored
     assert computed == FleetDay.objects.count()
     assert tasks.refresh_fleet_days() == 0
+
+
+def test_a_custom_range_through_today_matches_the_rollup(fleet):
+    # Whole days only: from a midnight to the midnight after today.
+    period = history.Period(
+        "custom", datetime(2026, 6, 10, tzinfo=UTC), datetime(2026, 6, 16, tzinfo=UTC)
+    )
+    tenants = Tenant.objects.all()
+    stored = history.fleet_band(tenants=tenants, period=period, bucket="day", now=NOW)
+    live = history._live_fleet_band(tenants=tenants, period=period, bucket="day")
+    assert stored == live
+    assert [point[0][:10] for point in stored] == [f"2026-06-{d}" for d in range(10, 16)]
