@@ -3,7 +3,7 @@ from datetime import date, datetime
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import connection, models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -150,33 +150,26 @@ class Tenant(models.Model):
 
     def record_success(self, *, value: float, measured_at: datetime, at: datetime) -> None:
         """Store the outcome of a successful attempt on this row, in one UPDATE."""
-        # A late retry must not replace a newer score with an older one.
-        newer = models.Q(last_measured_at__isnull=True) | models.Q(
-            last_measured_at__lte=measured_at
-        )
-        updates = {
-            "last_success_at": at,
-            "consecutive_failures": 0,
-            "failing_since": None,
-            "last_error_kind": "",
-            "last_error": "",
-            "last_error_correlation_id": "",
-        }
-        Tenant.objects.filter(pk=self.pk).update(
-            **updates,
-            last_score=models.Case(
-                models.When(newer, then=models.Value(float(value))),
-                default=models.F("last_score"),
-                output_field=models.FloatField(),
-            ),
-            last_measured_at=models.Case(
-                models.When(newer, then=models.Value(measured_at)),
-                default=models.F("last_measured_at"),
-                output_field=models.DateTimeField(),
-            ),
-        )
-        for field, new in updates.items():
-            setattr(self, field, new)
+        # Written in SQL: every fetch runs it, and the ORM spent about 1.7 ms of
+        # CPU building it (issue #6). A late retry must not replace a newer score
+        # with an older one; both CASEs compare the row's old last_measured_at.
+        when, now = (connection.ops.adapt_datetimefield_value(t) for t in (measured_at, at))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE tenants_tenant SET last_success_at = %s, consecutive_failures = 0, "
+                "failing_since = NULL, last_error_kind = '', last_error = '', "
+                "last_error_correlation_id = '', "
+                "last_score = CASE WHEN last_measured_at IS NULL OR last_measured_at <= %s "
+                "THEN %s ELSE last_score END, "
+                "last_measured_at = CASE WHEN last_measured_at IS NULL OR last_measured_at <= %s "
+                "THEN %s ELSE last_measured_at END "
+                "WHERE id = %s",
+                [now, when, float(value), when, when, self.pk],
+            )
+        self.last_success_at = at
+        self.consecutive_failures = 0
+        self.failing_since = None
+        self.last_error_kind = self.last_error = self.last_error_correlation_id = ""
 
     def record_failure(
         self, *, kind: str, message: str, at: datetime, correlation_id: str = ""

@@ -249,6 +249,9 @@ def test_each_cloud_session_only_speaks_https_to_its_own_hosts(url):
     session = defender._http(get_cloud("commercial"))
     with pytest.raises(defender.OutboundBlocked):
         session.get(url)
+    # The score call takes a shorter way through the session: the same hosts only.
+    with pytest.raises(defender.OutboundBlocked):
+        session.stream_get(url, headers={}, timeout=(1, 1))
 
 
 def test_commercial_cloud_allows_its_sign_in_and_api_hosts_only():
