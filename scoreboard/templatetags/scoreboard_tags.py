@@ -1,3 +1,5 @@
+from collections.abc import Iterable
+from datetime import datetime
 from html import escape
 
 from django import template
@@ -72,12 +74,8 @@ def overview_rows(rows: list, *, picked: set[str], pick_column: bool) -> SafeStr
         )
         fetched = tenant.last_success_at
         if fetched:
-            moment = localtime(fetched)
-            stamp = moment.isoformat()
-            cells.append(
-                f'<td data-sort-value="{stamp}"><time class="local-time" datetime="{stamp}">'
-                f"{moment:%Y-%m-%d %H:%M} UTC</time></td>"
-            )
+            stamp = localtime(fetched).isoformat()
+            cells.append(f'<td data-sort-value="{stamp}">{_utc_time(fetched)}</td>')
         else:
             cells.append('<td data-sort-value=""><span class="muted">never</span></td>')
         health = row.health
@@ -96,6 +94,28 @@ def overview_rows(rows: list, *, picked: set[str], pick_column: bool) -> SafeStr
         cells.append("</tr>")
         html.append("".join(cells))
     return mark_safe("\n".join(html))  # noqa: S308 - every database value is escaped above
+
+
+def _utc_time(moment: datetime) -> str:
+    """A time element the page's script shows in the browser's zone; UTC without it."""
+    moment = localtime(moment)
+    return (
+        f'<time class="local-time" datetime="{moment.isoformat()}">'
+        f"{moment:%Y-%m-%d %H:%M} UTC</time>"
+    )
+
+
+@register.simple_tag
+def reading_rows(readings: Iterable) -> SafeString:
+    """The tenant page's readings table body (numbers and times only: nothing to escape)."""
+    return mark_safe(  # noqa: S308 - floats and times
+        "\n".join(
+            f"<tr><td>{_utc_time(reading.measured_at)}</td>"
+            f'<td class="num">{score(reading.value)}</td>'
+            f"<td>{_utc_time(reading.fetched_at)}</td></tr>"
+            for reading in readings
+        )
+    )
 
 
 # What json_script escapes, so the text cannot end the script element.
