@@ -837,7 +837,9 @@ def measure_dispatch(*, count: int, runs: int, out: TextIO) -> list[Figure]:
             None,
             "<= 2 s",
             seconds <= 2,
-            f"claim, create the attempt and enqueue each (in-memory broker); {len(times)} run(s)",
+            f"claim, create the attempts, enqueue one message per batch of "
+            f"{fetching.DISPATCH_BATCH} (in-memory broker; a worker's fan-out to a fetch "
+            f"message per attempt is not in it); {len(times)} run(s)",
         )
     ]
 

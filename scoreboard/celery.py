@@ -50,7 +50,8 @@ def _schedule_dispatcher(sender: Celery, **kwargs) -> None:
 @beat_init.connect
 def _dispatch_at_start(sender, **kwargs) -> None:
     # Beat's first interval would otherwise pass before anything is fetched; the
-    # compare-and-swap claim makes an extra dispatch harmless.
+    # claim (a locked tenant is skipped, a claimed one is no longer due) makes an
+    # extra dispatch harmless.
     app.send_task("scoreboard.tasks.dispatch_due_fetches")
 
 

@@ -24,6 +24,15 @@ def dispatch_due_fetches() -> int:
     return fetching.dispatch_due_fetches()
 
 
+@shared_task(name="scoreboard.tasks.fetch_batch")
+def fetch_batch(attempt_ids: list[int]) -> int:
+    # The dispatcher sends one of these per batch it claims, and the sending of
+    # a fetch per attempt happens here, off the dispatcher's clock. Acknowledged
+    # late like every task: a batch redelivered after its worker died sends some
+    # fetches twice, which is harmless.
+    return fetching.enqueue_each(attempt_ids=attempt_ids)
+
+
 @shared_task(name="scoreboard.tasks.prune_fetch_attempts")
 def prune_fetch_attempts() -> int:
     deleted = fetching.prune_attempts(now=timezone.now())

@@ -91,7 +91,7 @@ def test_every_fault_ends_in_its_outcome_and_spares_the_other_tenants(sim, make_
             sim.set_fault(str(tenant.tenant_id), kind, **options)
 
     processes.worker(concurrency=4)
-    # Two beats by mistake: the compare-and-swap claim still makes one attempt per due time.
+    # Two beats by mistake: the claim still makes one attempt per due time.
     processes.beat("beat-1")
     processes.beat("beat-2")
     wait_for(

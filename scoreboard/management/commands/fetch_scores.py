@@ -58,17 +58,16 @@ class Command(BaseCommand):
         if everyone:
             return [self._create(t) for t in Tenant.objects.filter(enabled=True).order_by("name")]
         now = timezone.now()
+        due = fetching.due_tenant_ids(now=now)
         claimed = []
-        for tenant_id, seen, interval in fetching.due_tenants(now=now):
-            attempt = fetching.claim(
-                tenant_id=tenant_id,
-                seen_next_fetch_at=seen,
+        for start in range(0, len(due), fetching.DISPATCH_BATCH):
+            attempt_ids = fetching.claim(
+                tenant_ids=due[start : start + fetching.DISPATCH_BATCH],
                 now=now,
                 trigger=FetchAttempt.Trigger.COMMAND,
-                interval_minutes=interval,
             )
-            if attempt is not None:
-                claimed.append(attempt)
+            attempts = FetchAttempt.objects.filter(pk__in=attempt_ids).select_related("tenant")
+            claimed += attempts.order_by("scheduled_for", "tenant__name")
         return claimed
 
     def _create(self, tenant: Tenant) -> FetchAttempt:
