@@ -5,12 +5,14 @@ import uuid
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from scoreboard.models import FetchAttempt, Reading
 from scoreboard.simulator import DEFAULT_CLIENT_SECRET
 from tenants.models import Tenant
-from tests.conftest import PLANTED_SECRET
+from tests.conftest import PLANTED_SECRET, add_readings
 
 ADD_URL = reverse("admin:tenants_tenant_add")
 LIST_URL = reverse("admin:tenants_tenant_changelist")
@@ -250,3 +252,38 @@ def test_nothing_an_admin_enters_points_a_tenant_at_another_host(staff_client, s
         response = staff_client.post(ADD_URL, form_data(**{field: value}))
         assert response.status_code == 200, (field, value)
     assert not Tenant.objects.exists()
+
+
+ADMIN_LISTS = [
+    "admin:tenants_tenant_changelist",
+    "admin:tenants_fetchhealth_changelist",
+    "admin:scoreboard_fetchattempt_changelist",
+    "admin:scoreboard_reading_changelist",
+]
+
+
+@pytest.mark.parametrize("name", ADMIN_LISTS)
+def test_admin_lists_run_as_many_queries_for_many_tenants_as_for_few(
+    staff_client, make_tenant, name
+):
+    def add(count: int) -> None:
+        for _ in range(count):
+            tenant = make_tenant(name=f"Listed {Tenant.objects.count():03}")
+            add_readings(tenant, hours=3)
+            FetchAttempt.objects.create(tenant=tenant, scheduled_for=timezone.now())
+
+    def queries() -> int:
+        statements = []
+
+        def count(run, sql, *args):
+            statements.append(sql)
+            return run(sql, *args)
+
+        with connection.execute_wrapper(count):
+            assert staff_client.get(reverse(name)).status_code == 200
+        return len(statements)
+
+    add(3)
+    few = queries()
+    add(30)
+    assert queries() == few
