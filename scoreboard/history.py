@@ -300,8 +300,22 @@ class OverviewTenant:
     last_error_summary = Tenant.last_error_summary
 
     def __init__(self, values: tuple) -> None:
-        for field, value in zip(self.FIELDS, values, strict=True):
-            setattr(self, field, value)
+        # One unpacking, in FIELDS order: a setattr loop cost as much as the query.
+        (
+            self.pk,
+            self.name,
+            self.slug,
+            self.enabled,
+            self.credential_type,
+            self.credential_expires_at,
+            self.fetch_interval_minutes,
+            self.last_success_at,
+            self.last_error_kind,
+            self.last_error,
+            self.consecutive_failures,
+            self.last_score,
+            self.last_measured_at,
+        ) = values
 
     def __str__(self) -> str:
         return self.name

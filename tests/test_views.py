@@ -362,3 +362,18 @@ def test_overview_queries_stay_flat_for_every_range(
         with django_assert_max_num_queries(19):
             response = staff_client.get(OVERVIEW, params)
             assert response.status_code == 200
+
+
+def test_overview_rows_carry_the_tenant_columns_they_show(make_tenant):
+    from scoreboard import history
+
+    now = timezone.now()
+    tenant = make_tenant(name="Columns Co", slug="columns")
+    tenant.record_success(value=612.5, measured_at=now - timedelta(minutes=5), at=now)
+    tenant.record_failure(kind="auth", message="Columns Co: the secret expired. Fix it.", at=now)
+    tenant.refresh_from_db()
+    (row,) = history.overview_rows(tenants=Tenant.objects.all(), now=now)
+    for field in history.OverviewTenant.FIELDS:
+        assert getattr(row.tenant, field) == getattr(tenant, field), field
+    assert row.tenant.last_error_summary == tenant.last_error_summary == "the secret expired"
+    assert row.health == history.health_of(tenant, now=now)
