@@ -733,24 +733,18 @@ def export_rows(*, tenants: QuerySet[Tenant], period: Period | None) -> Iterator
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_CHUNK_BYTES = 256 * 1024
 
+# One tenant's readings; the tenant's cells arrive neutralised, as parameters.
 _EXPORT_COPY_SQL = """
 COPY (
-    SELECT {name}, {slug}, t.tenant_id::text, r.metric,
-           to_char(r.measured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS'),
-           r.value,
-           to_char(r.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-    FROM scoreboard_reading r JOIN tenants_tenant t ON t.id = r.tenant_id
-    WHERE r.metric = %(metric)s AND r.tenant_id IN ({tenants}) {period}
-    ORDER BY t.name, t.id, r.measured_at
+    SELECT %(name)s, %(slug)s, %(azure_id)s, metric,
+           to_char(measured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS'),
+           value,
+           to_char(fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+    FROM scoreboard_reading
+    WHERE tenant_id = %(tenant)s AND metric = %(metric)s {period}
+    ORDER BY measured_at
 ) TO STDOUT WITH (FORMAT csv)
 """
-
-
-def _neutralised_sql(column: str) -> str:
-    triggers = ", ".join(
-        f"chr({ord(char)})" if char in "\t\r" else f"'{char}'" for char in FORMULA_TRIGGERS
-    )
-    return f"CASE WHEN left({column}, 1) IN ({triggers}) THEN '''' || {column} ELSE {column} END"
 
 
 def neutralise(value: object) -> object:
@@ -783,28 +777,35 @@ def export_csv(*, tenants: QuerySet[Tenant], period: Period | None) -> Iterator[
 
 
 def _export_csv_postgresql(*, tenants: QuerySet[Tenant], period: Period | None) -> Iterator[bytes]:
-    tenant_sql, tenant_params = tenants.order_by().values("pk").query.sql_with_params()
-    names = {f"tenant_{n}": value for n, value in enumerate(tenant_params)}
-    params: dict[str, object] = {"metric": Metric.SECURE_SCORE, **names}
+    # One COPY per tenant, tenants in the export's order: each reads its readings in
+    # index order. A single COPY over every tenant sorted all the rows, on disk for a
+    # large export, and took the database twice as long as a plain COPY of the table.
+    params: dict[str, object] = {"metric": Metric.SECURE_SCORE}
     in_period = ""
     if period is not None:
-        in_period = "AND r.measured_at >= %(start)s AND r.measured_at < %(end)s"
+        in_period = "AND measured_at >= %(start)s AND measured_at < %(end)s"
         params.update(start=period.start, end=period.end)
-    statement = _EXPORT_COPY_SQL.format(
-        name=_neutralised_sql("t.name"),
-        slug=_neutralised_sql("t.slug"),
-        tenants=tenant_sql % tuple(f"%({name})s" for name in names),
-        period=in_period,
+    statement = _EXPORT_COPY_SQL.format(period=in_period)
+    ordered = list(
+        Tenant.objects.using(tenants.db)
+        .filter(pk__in=tenants.values("pk"))
+        .order_by("name", "pk")
+        .values_list("pk", "name", "slug", "tenant_id")
     )
     header = io.StringIO()
     csv.writer(header, lineterminator="\n").writerow(EXPORT_HEADER)
     chunk = bytearray(header.getvalue().encode())
-    # libpq hands over one row at a time: gather them so the response sends large chunks.
     # Django's cursor wrapper passes no parameters to copy(): use psycopg's own cursor.
-    with connections[tenants.db].cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
-        for row in copy:
-            chunk += row
-            if len(chunk) >= EXPORT_CHUNK_BYTES:
-                yield bytes(chunk)
-                chunk.clear()
+    with connections[tenants.db].cursor() as cursor:
+        psycopg_cursor = cursor.cursor
+        for pk, name, slug, azure_id in ordered:
+            cells = {"name": neutralise(name), "slug": neutralise(slug), "azure_id": str(azure_id)}
+            # Leaving this block early (an error, the client gone) cancels the COPY.
+            with psycopg_cursor.copy(statement, {**params, **cells, "tenant": pk}) as copy:
+                # libpq hands over one line at a time: gather them into large chunks.
+                for line in copy:
+                    chunk += line
+                    if len(chunk) >= EXPORT_CHUNK_BYTES:
+                        yield bytes(chunk)
+                        chunk.clear()
     yield bytes(chunk)

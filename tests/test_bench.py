@@ -6,10 +6,13 @@ import json
 import statistics
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncDate
+from psycopg import pq
 
 from scoreboard import history
 from scoreboard.models import DailyScore, Metric, Reading
@@ -157,6 +160,38 @@ def test_csv_export_streams_the_rows_with_formulas_neutralised(make_tenant):
     assert [[row[4], float(row[5]), row[6]] for row in rows[1:]] == [
         [measured_at, value, fetched_at] for *_, measured_at, value, fetched_at in exported
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_export_the_client_leaves_half_way_frees_the_connection(make_tenant, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("the COPY is PostgreSQL's")
+    add_readings(make_tenant(slug="first"), hours=40, end=NOW)
+    add_readings(make_tenant(slug="second"), hours=40, end=NOW)
+    monkeypatch.setattr(history, "EXPORT_CHUNK_BYTES", 1)  # a chunk a line
+    chunks = history.export_csv(tenants=Tenant.objects.all(), period=None)
+    assert next(chunks).startswith(b"tenant_name,")
+    assert b",first," in next(chunks)  # in the middle of the first tenant's COPY
+    chunks.close()  # what the server does when the client hangs up
+    assert connection.connection.info.transaction_status == pq.TransactionStatus.IDLE
+    assert Reading.objects.count() == 80
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_copy_failing_half_way_raises_and_frees_the_connection(make_tenant, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("the COPY is PostgreSQL's")
+    make_tenant(slug="only")
+    # Two lines, then the database fails on the third.
+    failing = (
+        "COPY (SELECT %(name)s, %(slug)s, %(azure_id)s, 1 / (3 - n) FROM generate_series(1, 5) n"
+        " WHERE %(tenant)s > 0 AND %(metric)s <> '' {period}) TO STDOUT WITH (FORMAT csv)"
+    )
+    monkeypatch.setattr(history, "_EXPORT_COPY_SQL", failing)
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        b"".join(history.export_csv(tenants=Tenant.objects.all(), period=None))
+    assert connection.connection.info.transaction_status == pq.TransactionStatus.IDLE
+    assert Tenant.objects.count() == 1
 
 
 def test_bench_command_measures_the_pages_and_writes_json(db, tmp_path, capsys):
