@@ -650,37 +650,53 @@ def measure_export(*, runs: int, out: TextIO) -> list[Figure]:
 # --- Fetch cycle --------------------------------------------------------------------
 
 
-def _serve_simulator(delay: float, ready: Any, stop: Any) -> None:
-    """The child process: a simulator whose every API answer takes `delay` seconds."""
+def _serve_simulator(delay: float, ready: Any, orders: Any) -> None:
+    """The child process: a simulator whose every API answer takes `delay` seconds.
+
+    It answers each order on `orders` with its CPU seconds so far, and stops at "stop".
+    """
     from scoreboard import simulator
 
     cert_dir = Path(tempfile.gettempdir()) / "scoreboard-bench-simulator"
     with simulator.Simulator(cert_dir=cert_dir).start() as server:
         server.set_fault(simulator.WILDCARD_TENANT, "slow", delay=delay)
         ready.send((server.url, str(server.cert_path)))
-        stop.recv()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        ready.send(usage.ru_utime + usage.ru_stime)
+        while True:
+            order = orders.recv()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            ready.send(usage.ru_utime + usage.ru_stime)
+            if order == "stop":
+                return
+
+
+class _SimulatorProcess:
+    """A simulator in a child process, so its CPU is not counted as the fetchers'."""
+
+    def __init__(self, url: str, cert: str, ready: Any, orders: Any) -> None:
+        self.url, self.cert = url, cert
+        self._ready, self._orders = ready, orders
+
+    def cpu(self, order: str = "cpu") -> float | None:
+        """The child's CPU seconds so far; None if it does not answer."""
+        self._orders.send(order)
+        return self._ready.recv() if self._ready.poll(10) else None
 
 
 @contextmanager
-def _simulator_process(delay: float) -> Iterator[tuple[str, str, list[float]]]:
-    """A simulator in a child process, so its CPU is not counted as the fetchers'."""
+def _simulator_process(delay: float) -> Iterator[_SimulatorProcess]:
     # fork: the child has Django loaded already and touches no database connection.
     context = multiprocessing.get_context("fork")
     ready_here, ready_there = context.Pipe()
-    stop_here, stop_there = context.Pipe()
-    child = context.Process(target=_serve_simulator, args=(delay, ready_there, stop_there))
+    orders_here, orders_there = context.Pipe()
+    child = context.Process(target=_serve_simulator, args=(delay, ready_there, orders_there))
     child.start()
     try:
         if not ready_here.poll(60):
             raise RuntimeError("the simulator did not start within 60 s")
         url, cert = ready_here.recv()
-        cpu: list[float] = []
-        yield url, cert, cpu
-        stop_here.send("stop")
-        if ready_here.poll(10):
-            cpu.append(ready_here.recv())
+        process = _SimulatorProcess(url, cert, ready_here, orders_here)
+        yield process
+        process.cpu("stop")
     finally:
         child.join(10)
         if child.is_alive():
@@ -723,23 +739,32 @@ def measure_fetch(*, cycle: FetchCycle, runs: int, out: TextIO) -> list[Figure]:
     )
     if len(tenant_ids) < cycle.attempts:
         raise ValueError(f"the fetch cycle needs {cycle.attempts} bench tenants")
-    walls, cpus = [], []
+    walls, cpus, simulator_cpus = [], [], []
     # defender's sessions keep 10 connections per host: with more threads urllib3 warns
     # on every surplus one it drops (see docs/benchmarks.md); keep the table readable.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    with _simulator_process(cycle.delay) as (url, cert, simulator_cpu):
+    with _simulator_process(cycle.delay) as simulator:
         saved = settings.SCOREBOARD_SIMULATOR_URL, settings.SCOREBOARD_CA_BUNDLE
-        settings.SCOREBOARD_SIMULATOR_URL, settings.SCOREBOARD_CA_BUNDLE = url, cert
+        settings.SCOREBOARD_SIMULATOR_URL = simulator.url
+        settings.SCOREBOARD_CA_BUNDLE = simulator.cert
         defender.reset()
         try:
             # The first cycle also signs every tenant in (discovery and a token each);
             # later ones reuse the tokens, as hourly fetches within a token's life do.
             for run in range(runs + 1):
-                wall, cpu, ok = _fetch_cycle(_new_attempts(tenant_ids), cycle.threads)
+                attempt_ids = _new_attempts(tenant_ids)
+                simulator_before = simulator.cpu()
+                wall, cpu, ok = _fetch_cycle(attempt_ids, cycle.threads)
+                simulator_after = simulator.cpu()
                 if ok != len(tenant_ids):
                     raise RuntimeError(f"only {ok} of {len(tenant_ids)} fetches succeeded")
                 kind = "warm-up, signing in" if run == 0 else f"run {run}"
-                out.write(f"fetch cycle {kind}: {wall:.2f} s, CPU {cpu * 1000:.0f} ms\n")
+                served = ""
+                if simulator_before is not None and simulator_after is not None:
+                    served = f"; simulator CPU {(simulator_after - simulator_before) * 1000:.0f} ms"
+                    if run:
+                        simulator_cpus.append(simulator_after - simulator_before)
+                out.write(f"fetch cycle {kind}: {wall:.2f} s, CPU {cpu * 1000:.0f} ms{served}\n")
                 if run:
                     walls.append(wall)
                     cpus.append(cpu)
@@ -749,9 +774,11 @@ def measure_fetch(*, cycle: FetchCycle, runs: int, out: TextIO) -> list[Figure]:
     limit = cycle.attempts * cycle.delay / cycle.threads
     wall = statistics.median(walls)
     cpu_per_fetch = statistics.median(cpus) / cycle.attempts * 1000
+    # The simulator shares this machine's cores, which Microsoft's servers do not.
     simulator_note = (
-        f"; the simulator's own CPU, in its process: {simulator_cpu[0]:.1f} s in all"
-        if simulator_cpu
+        "; the simulator's own CPU, in its process, per timed cycle: "
+        f"{statistics.median(simulator_cpus):.2f} s"
+        if simulator_cpus
         else ""
     )
     return [

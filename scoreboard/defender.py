@@ -183,6 +183,7 @@ class _Session(requests.Session):
         # each host instead of redoing TLS handshakes.
         self.mount("https://", HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE))
         self._proxies: dict[str, dict[str, str]] = {}
+        self._prepared_urls: dict[str, str] = {}
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         # The environment's proxy settings, looked up once per host.
@@ -190,6 +191,14 @@ class _Session(requests.Session):
         if netloc not in self._proxies:
             self._proxies[netloc] = requests.utils.get_environ_proxies(url)
         return self._proxies[netloc]
+
+    def _prepared_url(self, url: str) -> str:
+        prepared = self._prepared_urls.get(url)
+        if prepared is None:
+            request = requests.PreparedRequest()
+            request.prepare_url(url, None)
+            prepared = self._prepared_urls[url] = request.url
+        return prepared
 
     def _refuse_other_hosts(self, url: str) -> None:
         parts = urlsplit(url)
@@ -215,10 +224,15 @@ class _Session(requests.Session):
         Straight to the session's adapter, so the same TLS settings, proxies and
         connection pool: what `request` adds on top (merging settings, cookies,
         hooks) cost more CPU than the call itself (issue #6). The adapter never
-        follows a redirect.
+        follows a redirect. The request has no body, cookies or auth, so only its
+        URL needs requests' preparing, once per URL (one per cloud and region):
+        preparing the whole request took about 0.1 ms of CPU a fetch.
         """
         self._refuse_other_hosts(url)
-        prepared = requests.Request("GET", url, headers=headers).prepare()
+        prepared = requests.PreparedRequest()
+        prepared.method = "GET"
+        prepared.url = self._prepared_url(url)
+        prepared.prepare_headers(headers)
         return self.get_adapter(url).send(
             prepared,
             stream=True,

@@ -463,21 +463,38 @@ class TokenCheck:
 def check_token(token: str | None) -> TokenCheck:
     if not token:
         return TokenCheck(None, "Authorization header with a Bearer token is missing.")
+    try:
+        tenant, expires = _verified_claims(token)
+    except _BadToken as exc:
+        return TokenCheck(None, str(exc))
+    if expires <= time.time():
+        return TokenCheck(tenant, "The access token has expired.")
+    return TokenCheck(tenant, None)
+
+
+class _BadToken(Exception):
+    """A token that is malformed or was not signed here; the message says which."""
+
+
+# A client sends the same token for an hour: its signature is checked and its claims read
+# once, not on every request. lru_cache keeps no exceptions, so only tokens signed here are
+# kept; expiry depends on the moment, so check_token tests it on every request.
+@functools.lru_cache(maxsize=4096)
+def _verified_claims(token: str) -> tuple[str, float]:
+    """The tenant and expiry (epoch seconds) of a token signed here; _BadToken otherwise."""
     parts = token.split(".")
     if len(parts) != 3:
-        return TokenCheck(None, "The access token is malformed.")
+        raise _BadToken("The access token is malformed.")
     signing_input = f"{parts[0]}.{parts[1]}"
     try:
         valid = hmac.compare_digest(_sign(signing_input), parts[2])
         claims = json.loads(_b64url_decode(parts[1]))
         tenant, expires = str(claims["tid"]), float(claims["exp"])
     except (ValueError, KeyError, TypeError, UnicodeError):
-        return TokenCheck(None, "The access token is malformed.")
+        raise _BadToken("The access token is malformed.") from None
     if not valid:
-        return TokenCheck(None, "The access token signature is invalid.")
-    if expires <= time.time():
-        return TokenCheck(tenant, "The access token has expired.")
-    return TokenCheck(tenant, None)
+        raise _BadToken("The access token signature is invalid.")
+    return tenant, expires
 
 
 # --- Answer bodies --------------------------------------------------------------------------

@@ -558,6 +558,21 @@ def test_late_older_reading_does_not_replace_the_newer_score(make_tenant):
     assert tenant.last_score == 500
 
 
+def test_a_late_success_with_an_older_reading_keeps_the_newer_score(make_tenant):
+    from scoreboard.defender import Score
+
+    tenant = make_tenant()
+    now = timezone.now()
+    newer, late = attempt_for(tenant), attempt_for(tenant)
+    fetching._finish_ok(attempt=newer, score=Score(500.0, now), duration_ms=1)
+    older = Score(400.0, now - timedelta(hours=1))
+    fetching._finish_ok(attempt=late, score=older, duration_ms=1)
+    tenant = Tenant.objects.get(pk=tenant.pk)
+    assert (tenant.last_score, tenant.last_measured_at) == (500.0, now)
+    assert FetchAttempt.objects.get(pk=late.pk).status == "ok"
+    assert Reading.objects.filter(tenant=tenant).count() == 2
+
+
 def test_attempts_no_worker_started_are_enqueued_again_once_per_period(
     make_tenant, monkeypatch, settings, django_capture_on_commit_callbacks
 ):
