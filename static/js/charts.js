@@ -549,8 +549,8 @@
 
   // ------------------------------------------------------------- sparklines
 
-  // [day, mean, day, mean, ...]: a day is its index in the 30 days; days without
-  // a reading are left out.
+  // [day, hundredths, day, hundredths, ...] in any order: a day is its index in the
+  // 30 days, its mean in hundredths of a point; days without a reading are left out.
   function createSparkline(canvas, pairs, days) {
     const data = [];
     const list = Array.isArray(pairs) ? pairs : [];
@@ -558,9 +558,10 @@
       const x = toNumber(list[i]);
       const y = toNumber(list[i + 1]);
       if (x !== null && y !== null) {
-        data.push({ x: x, y: y });
+        data.push({ x: x, y: y / 100 });
       }
     }
+    data.sort(function (a, b) { return a.x - b.x; });
     if (!data.length) {
       return null;
     }
