@@ -445,6 +445,17 @@ def fleet_band(
     first, end = _whole_days(period)
     stored_end = max(first, min(end, _midnight(now.date())))
     stored = stored_fleet_band(first=first.date(), stop=stored_end.date())
+    # A range that ends part way through its last day, with no reading after its end
+    # that day (the presets end now), holds all of that day's readings: the rollup's
+    # row for the day is exact, and cheaper than summing the day's raw readings.
+    day_end = _midnight(period.end.date()) + timedelta(days=1)
+    if (
+        period.end != _midnight(period.end.date())
+        and not Reading.objects.filter(
+            metric=Metric.SECURE_SCORE, measured_at__gte=period.end, measured_at__lt=day_end
+        ).exists()
+    ):
+        period = Period(period.key, period.start, day_end)
     # The rest in one query: the part days at either end, and today (and later) whole.
     live = _live_fleet_band(tenants=tenants, period=period, bucket=bucket, rollup_from=stored_end)
     return sorted(stored + live)

@@ -97,3 +97,13 @@ def test_a_custom_range_through_today_matches_the_rollup(fleet):
     live = history._live_fleet_band(tenants=tenants, period=period, bucket="day")
     assert stored == live
     assert [point[0][:10] for point in stored] == [f"2026-06-{d}" for d in range(10, 16)]
+
+
+def test_todays_readings_after_the_range_end_stay_out(fleet):
+    # Read from the rollup while nothing follows the end; from the readings once something does.
+    before = band()
+    assert before == live_band()
+    Reading.objects.create(
+        tenant=fleet[6], value=-9000.0, measured_at=NOW + timedelta(hours=2), fetched_at=NOW
+    )
+    assert band() == live_band() == before
