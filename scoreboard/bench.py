@@ -740,8 +740,8 @@ def measure_fetch(*, cycle: FetchCycle, runs: int, out: TextIO) -> list[Figure]:
     if len(tenant_ids) < cycle.attempts:
         raise ValueError(f"the fetch cycle needs {cycle.attempts} bench tenants")
     walls, cpus, simulator_cpus = [], [], []
-    # defender's sessions keep 10 connections per host: with more threads urllib3 warns
-    # on every surplus one it drops (see docs/benchmarks.md); keep the table readable.
+    # defender's sessions pool 64 connections per host; should --fetch-threads exceed
+    # that, urllib3 warns on every surplus connection it drops: keep the table readable.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     with _simulator_process(cycle.delay) as simulator:
         saved = settings.SCOREBOARD_SIMULATOR_URL, settings.SCOREBOARD_CA_BUNDLE
