@@ -350,7 +350,9 @@ def overview_rows(*, tenants: QuerySet[Tenant], now: datetime) -> list[OverviewR
     return rows
 
 
-def sparklines(*, tenants: QuerySet[Tenant], now: datetime) -> str:
+def sparklines(
+    *, tenants: QuerySet[Tenant], now: datetime, slugs: Mapping[int, str] | None = None
+) -> str:
     """Daily means of the last 30 UTC days, today's so far included, per tenant slug, as JSON.
 
     {"start": "2026-11-04", "days": 30, "values": {slug: [day, hundredths, ...]}}: pairs
@@ -362,7 +364,8 @@ def sparklines(*, tenants: QuerySet[Tenant], now: datetime) -> str:
     days were most of it.
     """
     first = now.date() - timedelta(days=SPARKLINE_DAYS - 1)
-    slugs = dict(tenants.values_list("pk", "slug"))
+    if slugs is None:  # the overview passes the ones its rows have read
+        slugs = dict(tenants.values_list("pk", "slug"))
     tenant_sql, tenant_params = tenants.order_by().values("pk").query.sql_with_params()
     connection = connections[tenants.db]
     where = (
@@ -421,6 +424,11 @@ def percentile(ordered: list[float], fraction: float) -> float:
     low = math.floor(position)
     high = math.ceil(position)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _spread(ordered: list[float]) -> tuple[float, float, float]:
+    """p10, median and p90 of sorted values: the fleet band at one bucket."""
+    return tuple(percentile(ordered, fraction) for fraction in (0.1, 0.5, 0.9))
 
 
 def fleet_band(
@@ -547,7 +555,7 @@ def _fleet_day_spreads(cursor, *, metric: str, days: list[date]) -> dict[date, t
     spreads = {}
     for day, values in means.items():
         values.sort()
-        spreads[day] = (len(values), *(percentile(values, f) for f in (0.1, 0.5, 0.9)))
+        spreads[day] = (len(values), *_spread(values))
     return spreads
 
 
@@ -566,10 +574,7 @@ def _live_fleet_band(
     band = []
     for moment in sorted(per_bucket):
         values = sorted(per_bucket[moment])
-        band.append(
-            [_iso(moment)]
-            + [round(percentile(values, fraction), 2) for fraction in (0.1, 0.5, 0.9)]
-        )
+        band.append([_iso(moment)] + [round(value, 2) for value in _spread(values)])
     return band
 
 

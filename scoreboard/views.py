@@ -44,13 +44,15 @@ def overview(request: HttpRequest) -> HttpResponse:
     picked_slugs = request.GET.getlist("pick")[: history.MAX_COMPARED]
     picked = tenants.filter(slug__in=picked_slugs)
     now = timezone.now()
+    rows = history.overview_rows(tenants=tenants, now=now)
+    slugs = {row.tenant.pk: row.tenant.slug for row in rows}
     context = {
-        "rows": history.overview_rows(tenants=tenants, now=now),
+        "rows": rows,
         "period": period,
         "presets": list(history.PRESETS),
         "period_problem": problem,
         "trend": history.trend_data(tenants=tenants, period=period, picked=picked),
-        "sparklines": history.sparklines(tenants=tenants, now=now),
+        "sparklines": history.sparklines(tenants=tenants, now=now, slugs=slugs),
         "picked": set(picked.values_list("slug", flat=True)),
         "max_compared": history.MAX_COMPARED,
     }

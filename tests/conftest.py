@@ -100,3 +100,18 @@ def add_readings(tenant: Tenant, *, hours: int, end=None, start_value: float = 5
         )
         for h in range(hours)
     )
+
+
+def queries_of(client, url: str, **params) -> int:
+    """How many SQL statements one GET of `url` runs (the response must be 200)."""
+    from django.db import connection
+
+    statements = []
+
+    def count(run, sql, *args):
+        statements.append(sql)
+        return run(sql, *args)
+
+    with connection.execute_wrapper(count):
+        assert client.get(url, params).status_code == 200
+    return len(statements)

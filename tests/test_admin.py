@@ -12,7 +12,7 @@ from django.utils import timezone
 from scoreboard.models import FetchAttempt, Reading
 from scoreboard.simulator import DEFAULT_CLIENT_SECRET
 from tenants.models import Tenant
-from tests.conftest import PLANTED_SECRET, add_readings
+from tests.conftest import PLANTED_SECRET, add_readings, queries_of
 
 ADD_URL = reverse("admin:tenants_tenant_add")
 LIST_URL = reverse("admin:tenants_tenant_changelist")
@@ -45,7 +45,6 @@ def test_adding_a_tenant_stores_the_secret_encrypted(staff_client):
     tenant = Tenant.objects.get(slug="adatum")
     assert tenant.client_secret.reveal() == PLANTED_SECRET
     raw = Tenant.objects.filter(pk=tenant.pk).values_list("client_secret", flat=True)
-    from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT client_secret FROM tenants_tenant WHERE id = %s", [tenant.pk])
@@ -272,18 +271,7 @@ def test_admin_lists_run_as_many_queries_for_many_tenants_as_for_few(
             add_readings(tenant, hours=3)
             FetchAttempt.objects.create(tenant=tenant, scheduled_for=timezone.now())
 
-    def queries() -> int:
-        statements = []
-
-        def count(run, sql, *args):
-            statements.append(sql)
-            return run(sql, *args)
-
-        with connection.execute_wrapper(count):
-            assert staff_client.get(reverse(name)).status_code == 200
-        return len(statements)
-
     add(3)
-    few = queries()
+    few = queries_of(staff_client, reverse(name))
     add(30)
-    assert queries() == few
+    assert queries_of(staff_client, reverse(name)) == few

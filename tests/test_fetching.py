@@ -426,6 +426,29 @@ def test_a_batch_run_twice_stores_one_reading_per_attempt(
         ]
 
 
+def _in_another_transaction(work, *, hold) -> tuple[threading.Thread, list]:
+    """Run `work` in a transaction on another thread's connection and keep it open
+    through `hold`; returns once `work` is done, with the thread and its errors."""
+    holding, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            with transaction.atomic():
+                work()
+                holding.set()
+                hold()
+        except Exception as exc:  # surfaced by the caller: a thread's exception is otherwise lost
+            errors.append(exc)
+            holding.set()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    holding.wait(timeout=10)
+    return thread, errors
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_dispatcher_running_while_another_holds_a_batch_claims_only_the_rest(
     make_tenant, monkeypatch
@@ -434,25 +457,14 @@ def test_a_dispatcher_running_while_another_holds_a_batch_claims_only_the_rest(
     monkeypatch.setattr(fetching, "DISPATCH_BATCH", 4)
     now = timezone.now()
     tenants = [make_tenant(next_fetch_at=now - timedelta(minutes=1)) for _ in range(12)]
-    holding = threading.Event()
-    held, errors = [], []
+    held = []
 
-    def slow_claimer() -> None:
-        try:
-            with transaction.atomic():
-                ids = fetching.due_tenant_ids(now=now)[:5]
-                held.extend(fetching.claim(tenant_ids=ids, now=now, trigger="schedule"))
-                holding.set()
-                time.sleep(0.5)  # the other dispatcher starts meanwhile
-        except Exception as exc:  # surfaced below: a thread's exception is otherwise lost
-            errors.append(exc)
-            holding.set()
-        finally:
-            connection.close()
+    def claim_five() -> None:
+        ids = fetching.due_tenant_ids(now=now)[:5]
+        held.extend(fetching.claim(tenant_ids=ids, now=now, trigger="schedule"))
 
-    thread = threading.Thread(target=slow_claimer)
-    thread.start()
-    holding.wait(timeout=10)
+    # The other dispatcher starts while this one holds its batch.
+    thread, errors = _in_another_transaction(claim_five, hold=lambda: time.sleep(0.5))
     dispatched = fetching.dispatch_due_fetches(now=now)
     thread.join()
     assert errors == []
@@ -467,25 +479,15 @@ def test_a_claim_skips_the_tenants_another_claim_holds_without_waiting(make_tena
         pytest.skip("SQLite has one writer at a time: the second claim waits its turn")
     now = timezone.now()
     tenants = [make_tenant(next_fetch_at=now - timedelta(minutes=1)) for _ in range(4)]
-    holding, release = threading.Event(), threading.Event()
-    released_in_time, errors = [], []
+    release = threading.Event()
+    released_in_time = []
 
-    def holder() -> None:
-        try:
-            with transaction.atomic():
-                ids = [tenant.pk for tenant in tenants[:2]]
-                fetching.claim(tenant_ids=ids, now=now, trigger="schedule")
-                holding.set()
-                released_in_time.append(release.wait(timeout=10))
-        except Exception as exc:  # surfaced below: a thread's exception is otherwise lost
-            errors.append(exc)
-            holding.set()
-        finally:
-            connection.close()
+    def claim_two() -> None:
+        fetching.claim(tenant_ids=[t.pk for t in tenants[:2]], now=now, trigger="schedule")
 
-    thread = threading.Thread(target=holder)
-    thread.start()
-    holding.wait(timeout=10)
+    thread, errors = _in_another_transaction(
+        claim_two, hold=lambda: released_in_time.append(release.wait(timeout=10))
+    )
     claimed = fetching.claim(tenant_ids=[t.pk for t in tenants], now=now, trigger="schedule")
     release.set()
     thread.join()

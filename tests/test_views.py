@@ -6,13 +6,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
 from scoreboard.models import FetchAttempt
 from tenants.models import Tenant
-from tests.conftest import add_readings
+from tests.conftest import add_readings, queries_of
 
 OVERVIEW = reverse("overview")
 EXPORT = reverse("export_csv")
@@ -198,18 +197,10 @@ def test_overview_queries_do_not_grow_with_tenants(staff_client, make_tenant):
         # The first view after new readings computes the fleet band's changed days.
         assert staff_client.get(OVERVIEW).status_code == 200
 
-    def queries() -> int:
-        statements = []
-        with connection.execute_wrapper(
-            lambda run, sql, *args: statements.append(sql) or run(sql, *args)
-        ):
-            assert staff_client.get(OVERVIEW).status_code == 200
-        return len(statements)
-
     add(15)
-    fifteen = queries()
+    fifteen = queries_of(staff_client, OVERVIEW)
     add(30)
-    assert queries() == fifteen <= 15
+    assert queries_of(staff_client, OVERVIEW) == fifteen <= 15
 
 
 def test_bad_range_answers_400_with_a_message(staff_client, two_tenants):

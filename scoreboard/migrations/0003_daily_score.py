@@ -3,6 +3,8 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+from scoreboard.migrations._vendor_sql import run_for_vendor
+
 # The rollup follows the readings in the database itself, so every way of storing a
 # reading (a fetch, the demo's backfill, a bulk import) keeps it current in the same
 # transaction. Readings are never updated; a deleted one has its day counted again.
@@ -113,21 +115,6 @@ SQLITE_DOWN = [
 ]
 
 
-def _run(statements_by_vendor):
-    def run(apps, schema_editor):
-        statements = statements_by_vendor.get(schema_editor.connection.vendor)
-        if statements is None:
-            raise RuntimeError(
-                f"No daily rollup triggers for {schema_editor.connection.vendor}."
-            )
-        if isinstance(statements, str):
-            statements = [statements]
-        for statement in statements:
-            schema_editor.execute(statement, params=None)
-
-    return run
-
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -154,7 +141,7 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunPython(
-            _run({"postgresql": POSTGRESQL_UP, "sqlite": SQLITE_UP}),
-            _run({"postgresql": POSTGRESQL_DOWN, "sqlite": SQLITE_DOWN}),
+            run_for_vendor("daily rollup triggers", {"postgresql": POSTGRESQL_UP, "sqlite": SQLITE_UP}),
+            run_for_vendor("daily rollup triggers", {"postgresql": POSTGRESQL_DOWN, "sqlite": SQLITE_DOWN}),
         ),
     ]

@@ -1,5 +1,7 @@
 from django.db import migrations, models
 
+from scoreboard.migrations._vendor_sql import run_for_vendor
+
 # Every change to a tenant's day in the rollup marks that day stale for the fleet band,
 # in the same transaction, however the change was made (a fetch, a backfill, a tenant
 # deleted). On PostgreSQL once per statement over the days it touched.
@@ -48,19 +50,6 @@ END
 SQLITE_DOWN = [
     f"DROP TRIGGER daily_score_fleet_{event}" for event in ("insert", "update", "delete")
 ]
-
-
-def _run(statements_by_vendor):
-    def run(apps, schema_editor):
-        statements = statements_by_vendor.get(schema_editor.connection.vendor)
-        if statements is None:
-            raise RuntimeError(f"No fleet band triggers for {schema_editor.connection.vendor}.")
-        if isinstance(statements, str):
-            statements = [statements]
-        for statement in statements:
-            schema_editor.execute(statement, params=None)
-
-    return run
 
 
 class Migration(migrations.Migration):
@@ -124,7 +113,11 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunPython(
-            _run({"postgresql": POSTGRESQL_UP, "sqlite": SQLITE_UP}),
-            _run({"postgresql": POSTGRESQL_DOWN, "sqlite": SQLITE_DOWN}),
+            run_for_vendor(
+                "fleet band triggers", {"postgresql": POSTGRESQL_UP, "sqlite": SQLITE_UP}
+            ),
+            run_for_vendor(
+                "fleet band triggers", {"postgresql": POSTGRESQL_DOWN, "sqlite": SQLITE_DOWN}
+            ),
         ),
     ]

@@ -11,13 +11,8 @@ from django.utils.safestring import SafeString, mark_safe
 register = template.Library()
 
 
-@register.simple_tag
-def delta(change: float | None) -> SafeString:
-    """A change in score as an arrow and a number: red for a drop."""
-    return mark_safe(_delta_html(change))  # noqa: S308 - built from numbers and constants
-
-
 def _delta_html(change: float | None) -> str:
+    """A change in score as an arrow and a number: red for a drop."""
     if change is None:
         return '<span class="delta flat muted" title="no reading then">&ndash;</span>'
     if abs(change) < 0.005:
@@ -32,8 +27,7 @@ def score(value: float | None) -> str:
     return "—" if value is None else f"{value:,.2f}"
 
 
-@register.filter
-def sort_value(value: float | None) -> str:
+def _sort_value(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
@@ -61,11 +55,12 @@ def overview_rows(rows: list, *, picked: set[str], pick_column: bool) -> SafeStr
             )
         cells.append(f'<td data-sort-value="{key}"><a href="{link}{slug}/">{name}</a></td>')
         cells.append(
-            f'<td class="num" data-sort-value="{sort_value(row.latest)}">{score(row.latest)}</td>'
+            f'<td class="num" data-sort-value="{_sort_value(row.latest)}">{score(row.latest)}</td>'
         )
         for change in (row.change_7d, row.change_30d):
             cells.append(
-                f'<td class="num" data-sort-value="{sort_value(change)}">{_delta_html(change)}</td>'
+                f'<td class="num" data-sort-value="{_sort_value(change)}">'
+                f"{_delta_html(change)}</td>"
             )
         cells.append(
             f'<td><canvas class="sparkline" data-slug="{slug}" width="120" height="32" '
